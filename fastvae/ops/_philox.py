@@ -1,0 +1,78 @@
+"""The PyTorch twin of ``kernels/random.py``: the same Philox4x32-10 normals, bit for bit in the
+integer part, so both backends draw the same noise for the same seed.
+
+Integers are held in int64 tensors and masked to 32 bits; the 32x32 -> 64-bit products that
+Philox needs are split in 16-bit halves so nothing overflows int64.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_ROUND_A = 0xD2511F53
+_ROUND_B = 0xCD9E8D57
+_KEY_A = 0x9E3779B9
+_KEY_B = 0xBB67AE85
+
+
+def _mulhilo(a: torch.Tensor, const: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of a * const for a in [0, 2^32)."""
+    hi_part = (a >> 16) * const          # < 2^48
+    lo_part = (a & 0xFFFF) * const       # < 2^48
+    hi = (hi_part + (lo_part >> 16)) >> 16
+    lo = (((hi_part & 0xFFFF) << 16) + lo_part) & _MASK32
+    return hi, lo
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
+    for _ in range(rounds):
+        hi_b, lo_b = _mulhilo(c2, _ROUND_B)
+        hi_a, lo_a = _mulhilo(c0, _ROUND_A)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _KEY_A) & _MASK32
+        k1 = (k1 + _KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _uniform_open(x: torch.Tensor) -> torch.Tensor:
+    return ((x >> 8).to(torch.float32) + 0.5) * 5.9604644775390625e-08
+
+
+def philox_normal(seed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """float32 (rows, cols) standard normals; element (r, c) matches ``kernels.random.philox_normal``."""
+    device = seed.device
+    groups = -(-cols // 4)
+    seed = seed.reshape(()).to(torch.int64)
+    k0 = seed & _MASK32
+    k1 = (seed >> 32) & _MASK32
+    r = torch.arange(rows, device=device, dtype=torch.int64)[:, None]
+    g = torch.arange(groups, device=device, dtype=torch.int64)[None, :]
+    shape = (rows, groups)
+    c0 = (g & _MASK32).expand(shape)
+    c1 = ((g >> 32) & _MASK32).expand(shape)
+    c2 = (r & _MASK32).expand(shape)
+    c3 = ((r >> 32) & _MASK32).expand(shape)
+    x0, x1, x2, x3 = philox4x32(c0, c1, c2, c3, k0, k1)
+    u0, u1, u2, u3 = (_uniform_open(x) for x in (x0, x1, x2, x3))
+    two_pi = 2.0 * math.pi
+    r01 = torch.sqrt(-2.0 * torch.log(u0))
+    r23 = torch.sqrt(-2.0 * torch.log(u2))
+    n = torch.stack(
+        (r01 * torch.cos(two_pi * u1), r01 * torch.sin(two_pi * u1),
+         r23 * torch.cos(two_pi * u3), r23 * torch.sin(two_pi * u3)),
+        dim=-1,
+    )
+    return n.reshape(rows, groups * 4)[:, :cols]
+
+
+def exp_m1_m(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) - 1 - x, accurate near 0: the same series as ``kernels.latent._exp_m1_m``."""
+    last = 18 if x.dtype == torch.float64 else 9
+    term = 0.5 * x * x
+    series = term
+    for k in range(3, last + 1):
+        term = term * (x * (1.0 / k))
+        series = series + term
+    return torch.where(x.abs() < 0.5, series, torch.expm1(x) - x)

@@ -1,0 +1,186 @@
+"""Reparameterization + closed-form KL: launchers, the PyTorch path, and the custom ops.
+
+``fastvae::latent_forward(mu, logvar, eps, seed, write_z, compute_kl) -> (z, kl_rows)``
+``fastvae::latent_backward(mu, logvar, eps, seed, grad_z, grad_kl) -> (grad_mu, grad_logvar)``
+
+Both are registered with torch.library so ``torch.compile(fullgraph=True)`` sees them as
+opaque calls with known output shapes; autograd connects them.  The noise is never stored:
+backward receives the same int64 ``seed`` tensor and regenerates it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backend
+from ._philox import exp_m1_m, philox_normal
+
+
+def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _empty(like: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty((0,), dtype=dtype, device=like.device)
+
+
+# ----------------------------------------------------------------------------- Triton launchers
+
+
+def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl):
+    B = mu.shape[0]
+    mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
+    D = mu2.shape[1]
+    fp64 = _compute_dtype(mu, logvar) == torch.float64
+    z = torch.empty(mu.shape, dtype=torch.result_type(mu, logvar), device=mu.device) if write_z else _empty(mu, mu.dtype)
+    acc_dtype = torch.float64 if fp64 else torch.float32
+    if B == 0 or D == 0:
+        return z, torch.zeros((B,), dtype=acc_dtype, device=mu.device)
+    tiles = _backend.tiling(B, D, mu.device)
+    partial = torch.empty((B, tiles.n_split), dtype=acc_dtype, device=mu.device) if compute_kl else mu2
+    eps2 = _backend.as_rows(eps) if eps is not None else mu2
+    _backend.kernels("latent").latent_forward_kernel[tiles.grid](
+        mu2, lv2, eps2, seed if seed is not None else mu2, z if write_z else mu2, partial,
+        B, D, _backend.row_stride(mu2), _backend.row_stride(lv2), _backend.row_stride(eps2),
+        tiles.split_cols, tiles.n_split,
+        HAS_EPS=eps is not None, WRITE_Z=write_z, COMPUTE_KL=compute_kl, FP64=fp64,
+        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
+    )
+    if not compute_kl:
+        return z, _empty(mu, acc_dtype)
+    kl = partial[:, 0] if tiles.n_split == 1 else partial.sum(1)
+    return z, kl
+
+
+def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl):
+    B = mu.shape[0]
+    mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
+    D = mu2.shape[1]
+    fp64 = _compute_dtype(mu, logvar) == torch.float64
+    grad_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=mu.device)
+    if B == 0 or D == 0:
+        return grad_mu, grad_lv
+    tiles = _backend.tiling(B, D, mu.device)
+    eps2 = _backend.as_rows(eps) if eps is not None else mu2
+    gz2 = _backend.as_rows(grad_z) if grad_z is not None else mu2
+    gkl = grad_kl if grad_kl is not None else mu2
+    gkl_stride = grad_kl.stride(0) if grad_kl is not None else 0
+    _backend.kernels("latent").latent_backward_kernel[(tiles.grid[0], tiles.n_split)](
+        mu2, lv2, eps2, seed if seed is not None else mu2, gz2, gkl, grad_mu, grad_lv,
+        B, D, _backend.row_stride(mu2), _backend.row_stride(lv2), _backend.row_stride(eps2),
+        _backend.row_stride(gz2), gkl_stride, tiles.split_cols,
+        HAS_EPS=eps is not None, HAS_GZ=grad_z is not None, HAS_GKL=grad_kl is not None, FP64=fp64,
+        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
+    )
+    return grad_mu, grad_lv
+
+
+# ----------------------------------------------------------------------------- PyTorch path
+
+
+def _noise(mu, eps, seed, dtype):
+    if eps is not None:
+        return eps.to(dtype)
+    B = mu.shape[0]
+    D = mu[0].numel() if B else 0
+    return philox_normal(seed, B, D).to(dtype).reshape(mu.shape)
+
+
+def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl):
+    dtype = _compute_dtype(mu, logvar)
+    m, lv = mu.to(dtype), logvar.to(dtype)
+    if write_z:
+        z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype)).to(torch.result_type(mu, logvar))
+    else:
+        z = _empty(mu, mu.dtype)
+    if compute_kl:
+        kl = (0.5 * (m * m + exp_m1_m(lv))).reshape(mu.shape[0], -1).sum(1) if mu.numel() else \
+            torch.zeros((mu.shape[0],), dtype=dtype, device=mu.device)
+    else:
+        kl = _empty(mu, dtype)
+    return z, kl
+
+
+def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl):
+    dtype = _compute_dtype(mu, logvar)
+    m, lv = mu.to(dtype), logvar.to(dtype)
+    grad_mu = torch.zeros_like(m)
+    grad_lv = torch.zeros_like(lv)
+    if grad_z is not None:
+        gz = grad_z.to(dtype)
+        grad_mu = grad_mu + gz
+        grad_lv = grad_lv + 0.5 * gz * _noise(mu, eps, seed, dtype) * torch.exp(0.5 * lv)
+    if grad_kl is not None:
+        g = grad_kl.to(dtype).reshape((-1,) + (1,) * (mu.dim() - 1))
+        grad_mu = grad_mu + g * m
+        grad_lv = grad_lv + 0.5 * g * (exp_m1_m(lv) + lv)
+    return grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("fastvae::latent_forward", mutates_args=())
+def latent_forward(
+    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], write_z: bool, compute_kl: bool
+) -> tuple[Tensor, Tensor]:
+    """z = mu + exp(logvar/2) eps (noise from ``seed`` when eps is None) and per-row KL to N(0, I)."""
+    impl = _triton_forward if _backend.use_triton(mu.device) else _torch_forward
+    return impl(mu, logvar, eps, seed, write_z, compute_kl)
+
+
+@latent_forward.register_fake
+def _(mu, logvar, eps, seed, write_z, compute_kl):
+    dtype = _compute_dtype(mu, logvar)
+    z = mu.new_empty(mu.shape, dtype=torch.result_type(mu, logvar)) if write_z else mu.new_empty((0,))
+    kl = mu.new_empty((mu.shape[0],) if compute_kl else (0,), dtype=dtype)
+    return z, kl
+
+
+@torch.library.custom_op("fastvae::latent_backward", mutates_args=())
+def latent_backward(
+    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor],
+    grad_z: Optional[Tensor], grad_kl: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Gradients of mu and logvar given grad_z (per element) and grad_kl (per row)."""
+    impl = _triton_backward if _backend.use_triton(mu.device) else _torch_backward
+    return impl(mu, logvar, eps, seed, grad_z, grad_kl)
+
+
+@latent_backward.register_fake
+def _(mu, logvar, eps, seed, grad_z, grad_kl):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, eps, seed, write_z, compute_kl = inputs
+    ctx.save_for_backward(mu, logvar, eps, seed)
+    ctx.write_z, ctx.compute_kl = write_z, compute_kl
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_z, grad_kl):
+    mu, logvar, eps, seed = ctx.saved_tensors
+    grad_z = grad_z if ctx.write_z else None
+    grad_kl = grad_kl if ctx.compute_kl else None
+    grad_mu = grad_lv = grad_eps = None
+    if grad_z is not None or grad_kl is not None:
+        grad_mu, grad_lv = latent_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+    if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
+        grad_eps = (grad_z * torch.exp(0.5 * logvar.to(grad_z.dtype))).to(eps.dtype)
+    return grad_mu, grad_lv, grad_eps, None, None, None
+
+
+latent_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
+    """An int64 Philox seed drawn on ``device`` from ``generator`` (or the device's default one).
+
+    The draw is a device op: no host read, so it is reproducible under ``torch.manual_seed``,
+    advances the generator like any random op, and can be captured in a CUDA graph.
+    """
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device, generator=generator)

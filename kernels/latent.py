@@ -1,0 +1,161 @@
+"""Reparameterization sampling fused with the closed-form KL to N(0, I).
+
+Forward, one pass over a (B, D) view of mu and logvar (``latent_forward_kernel``):
+
+    sigma = exp(logvar / 2)
+    z     = mu + sigma * eps,  eps ~ N(0, 1) from Philox (``random.philox_normal``) or read
+    kl_r  = 1/2 * sum_c (mu^2 + exp(logvar) - logvar - 1)        per row r
+
+``exp(logvar) - 1 - logvar`` is evaluated by its Taylor series for |logvar| < 1/2, where the
+direct form cancels, so the KL keeps its relative precision for logvar near 0.
+
+Backward, one pass (``latent_backward_kernel``), with g_z the gradient of z and g_r the
+gradient of row r's KL (a stride-0 view when it is one value for every row):
+
+    d/dmu     = g_z + g_r * mu
+    d/dlogvar = g_z * sigma * eps / 2 + g_r * (exp(logvar) - 1) / 2
+
+eps is regenerated from the same (seed, row, column) counters as in forward: never stored.
+
+Bytes per element, s the element size (4 for float32, 2 for bfloat16):
+    forward:  read mu, logvar (2s) [+ eps (s) when given], write z (s); the KL adds 4 bytes a row
+    backward: read mu, logvar, g_z (3s) [+ eps], write two gradients (2s)
+The KL-only variant (``gaussian_kl``) reads 2s and writes nothing per element.
+
+Grid: (row blocks, column splits).  A program owns BLOCK_R rows and one contiguous split of
+the columns, loops over it BLOCK_D columns at a time, accumulates in float32 (float64 for
+float64 inputs) and writes one partial KL per (row, split); the launcher sums the splits.
+The split keeps the grid full when B is small and the rows are long; no atomics, so the
+sums are deterministic.  Offsets are 64-bit.
+"""
+import triton
+import triton.language as tl
+
+from .random import philox_normal
+
+
+@triton.jit
+def _exp_m1_m(x, FP64: tl.constexpr):
+    """exp(x) - 1 - x, accurate near 0 (Taylor series for |x| < 1/2)."""
+    term = 0.5 * x * x
+    series = term
+    if FP64:
+        for k in tl.static_range(3, 19):
+            term = term * (x * (1.0 / k))
+            series += term
+    else:
+        for k in tl.static_range(3, 10):
+            term = term * (x * (1.0 / k))
+            series += term
+    return tl.where(tl.abs(x) < 0.5, series, tl.exp(x) - 1.0 - x)
+
+
+@triton.jit
+def latent_forward_kernel(
+    mu_ptr, logvar_ptr, eps_ptr, seed_ptr, z_ptr, kl_ptr,
+    B, D, mu_stride, logvar_stride, eps_stride, split_cols, n_split,
+    HAS_EPS: tl.constexpr, WRITE_Z: tl.constexpr, COMPUTE_KL: tl.constexpr, FP64: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """z = mu + exp(logvar/2) * eps and per-(row, split) partial KL sums, in one pass."""
+    pid_r = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1).to(tl.int64)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < B
+    rows2 = rows[:, None]
+    col_start = pid_s * split_cols
+    col_end = tl.minimum(col_start + split_cols, D)
+    if FP64:
+        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+    if WRITE_Z and not HAS_EPS:
+        seed = tl.load(seed_ptr)
+    for c0 in range(col_start, col_end, BLOCK_D):
+        cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        mask = row_mask[:, None] & (cols < col_end)[None, :]
+        cols2 = cols[None, :]
+        mu = tl.load(mu_ptr + rows2 * mu_stride + cols2, mask=mask, other=0.0)
+        lv = tl.load(logvar_ptr + rows2 * logvar_stride + cols2, mask=mask, other=0.0)
+        if FP64:
+            mu = mu.to(tl.float64)
+            lv = lv.to(tl.float64)
+        else:
+            mu = mu.to(tl.float32)
+            lv = lv.to(tl.float32)
+        if WRITE_Z:
+            if HAS_EPS:
+                eps = tl.load(eps_ptr + rows2 * eps_stride + cols2, mask=mask, other=0.0)
+            else:
+                groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
+                eps = philox_normal(seed, rows2, groups[None, :], BLOCK_D)
+            if FP64:
+                eps = eps.to(tl.float64)
+            else:
+                eps = eps.to(tl.float32)
+            z = mu + tl.exp(0.5 * lv) * eps
+            tl.store(z_ptr + rows2 * D + cols2, z.to(z_ptr.dtype.element_ty), mask=mask)
+        if COMPUTE_KL:
+            kl = 0.5 * (mu * mu + _exp_m1_m(lv, FP64))
+            acc += tl.where(mask, kl, 0.0)
+    if COMPUTE_KL:
+        tl.store(kl_ptr + rows * n_split + pid_s, tl.sum(acc, axis=1), mask=row_mask)
+
+
+@triton.jit
+def latent_backward_kernel(
+    mu_ptr, logvar_ptr, eps_ptr, seed_ptr, gz_ptr, gkl_ptr, gmu_ptr, glv_ptr,
+    B, D, mu_stride, logvar_stride, eps_stride, gz_stride, gkl_stride, split_cols,
+    HAS_EPS: tl.constexpr, HAS_GZ: tl.constexpr, HAS_GKL: tl.constexpr, FP64: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Gradients of mu and logvar from g_z (per element) and g_kl (per row), noise regenerated."""
+    pid_r = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1).to(tl.int64)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < B
+    rows2 = rows[:, None]
+    col_start = pid_s * split_cols
+    col_end = tl.minimum(col_start + split_cols, D)
+    if HAS_GZ and not HAS_EPS:
+        seed = tl.load(seed_ptr)
+    if HAS_GKL:
+        gkl = tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0)
+        if FP64:
+            gkl = gkl.to(tl.float64)[:, None]
+        else:
+            gkl = gkl.to(tl.float32)[:, None]
+    for c0 in range(col_start, col_end, BLOCK_D):
+        cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        mask = row_mask[:, None] & (cols < col_end)[None, :]
+        cols2 = cols[None, :]
+        mu = tl.load(mu_ptr + rows2 * mu_stride + cols2, mask=mask, other=0.0)
+        lv = tl.load(logvar_ptr + rows2 * logvar_stride + cols2, mask=mask, other=0.0)
+        if FP64:
+            mu = mu.to(tl.float64)
+            lv = lv.to(tl.float64)
+        else:
+            mu = mu.to(tl.float32)
+            lv = lv.to(tl.float32)
+        g_mu = tl.zeros_like(mu)
+        g_lv = tl.zeros_like(lv)
+        if HAS_GZ:
+            gz = tl.load(gz_ptr + rows2 * gz_stride + cols2, mask=mask, other=0.0)
+            if HAS_EPS:
+                eps = tl.load(eps_ptr + rows2 * eps_stride + cols2, mask=mask, other=0.0)
+            else:
+                groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
+                eps = philox_normal(seed, rows2, groups[None, :], BLOCK_D)
+            if FP64:
+                gz = gz.to(tl.float64)
+                eps = eps.to(tl.float64)
+            else:
+                gz = gz.to(tl.float32)
+                eps = eps.to(tl.float32)
+            g_mu += gz
+            g_lv += 0.5 * gz * eps * tl.exp(0.5 * lv)
+        if HAS_GKL:
+            g_mu += gkl * mu
+            g_lv += 0.5 * gkl * (_exp_m1_m(lv, FP64) + lv)
+        tl.store(gmu_ptr + rows2 * D + cols2, g_mu.to(gmu_ptr.dtype.element_ty), mask=mask)
+        tl.store(glv_ptr + rows2 * D + cols2, g_lv.to(glv_ptr.dtype.element_ty), mask=mask)

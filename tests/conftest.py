@@ -1,0 +1,136 @@
+"""Shared fixtures of the test suite.
+
+The Triton kernels are tested on CPU tensors through the Triton interpreter, so TRITON_INTERPRET
+must be set before anything imports triton (triton decides interpreted vs compiled when a kernel
+is decorated).  On a machine with CUDA the kernels run compiled on the GPU instead (the 'cuda'
+backend); set FASTVAE_TEST_INTERPRET=1 there to force the interpreter (then the 'cuda' backend
+also goes through it).
+
+Backends (the ``backend`` fixture; each test selects one with FASTVAE_BACKEND):
+  torch   the PyTorch path on CPU tensors
+  triton  the Triton kernels in the interpreter on CPU tensors (slow: small shapes only)
+  cuda    the Triton kernels on CUDA tensors (only when torch.cuda.is_available())
+
+Hypothesis profiles: 'default' (deadline=None, 25 examples; interpreter tests run a third of
+that) and 'ci-long' (200 examples); pick one with HYPOTHESIS_PROFILE.
+"""
+import os
+
+import torch  # importing torch does not import triton
+
+HAS_CUDA = torch.cuda.is_available()
+if os.environ.get("FASTVAE_TEST_INTERPRET", "0" if HAS_CUDA else "1") == "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=25,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "ci-long",
+    deadline=None,
+    max_examples=200,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str        # 'torch', 'triton' (interpreter) or 'cuda'
+    env: str         # the FASTVAE_BACKEND value
+    device: str      # where the test tensors live
+    max_elems: int   # largest tensor a property test may draw
+    slow: bool       # the Triton interpreter: keep examples few and small
+
+    @property
+    def triton(self) -> bool:
+        return self.name != "torch"
+
+    def examples(self, scale: float = 1.0) -> int:
+        """max_examples for a property test on this backend under the active profile."""
+        base = settings().max_examples * scale
+        if self.slow:
+            base /= 3
+        return max(2, int(base))
+
+    def settings(self, scale: float = 1.0, **kw):
+        return settings(settings(), max_examples=self.examples(scale), **kw)
+
+
+BACKENDS = {
+    "torch": Backend("torch", "torch", "cpu", 60_000, False),
+    "triton": Backend("triton", "triton", "cpu", 2_000, True),
+    "cuda": Backend("cuda", "triton", "cuda", 200_000, False),
+}
+
+
+def _backend_params():
+    params = [pytest.param("torch", id="torch")]
+    params.append(pytest.param("triton", id="triton", marks=pytest.mark.skipif(
+        not INTERPRET, reason="TRITON_INTERPRET is off (set FASTVAE_TEST_INTERPRET=1)")))
+    if HAS_CUDA:
+        params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
+    return params
+
+
+BACKEND_PARAMS = _backend_params()
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request, monkeypatch) -> Backend:
+    """Every backend available here, selected for this test through FASTVAE_BACKEND."""
+    spec = BACKENDS[request.param]
+    monkeypatch.setenv("FASTVAE_BACKEND", spec.env)
+    return spec
+
+
+@pytest.fixture(params=[p for p in BACKEND_PARAMS if p.values[0] in ("torch", "triton")])
+def cpu_backend(request, monkeypatch) -> Backend:
+    """The two CPU backends: the torch path and the Triton kernels in the interpreter."""
+    spec = BACKENDS[request.param]
+    monkeypatch.setenv("FASTVAE_BACKEND", spec.env)
+    return spec
+
+
+@pytest.fixture
+def torch_backend(monkeypatch) -> Backend:
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    return BACKENDS["torch"]
+
+
+@pytest.fixture
+def triton_backend(monkeypatch) -> Backend:
+    """The Triton kernels on CPU tensors in the interpreter (skipped when it is off)."""
+    if not INTERPRET:
+        pytest.skip("TRITON_INTERPRET is off")
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    return BACKENDS["triton"]
+
+
+@pytest.fixture
+def kernel_launches(monkeypatch):
+    """A list that records the name of every Triton kernel launched in the interpreter."""
+    if not INTERPRET:
+        pytest.skip("kernel launches are only observable in the interpreter")
+    from triton.runtime import interpreter
+
+    launched = []
+    original = interpreter.GridExecutor.__call__
+
+    def counting(self, *args, **kwargs):
+        launched.append(getattr(self.fn, "__name__", repr(self.fn)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__", counting)
+    return launched

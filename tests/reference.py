@@ -1,0 +1,178 @@
+"""The float64 reference of the fastvae objective, written straight from the math.
+
+This module is deliberately independent of fastvae (it imports only torch): every test compares
+the library against these functions.  Each function upcasts its tensor arguments to float64
+(keeping the autograd graph, so reference gradients come from ``torch.autograd``), computes the
+per-sample values (batch is dim 0, a per-sample value sums over every other dim) and reduces them
+with ``reduction`` in {'mean', 'sum', 'none'}.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+F64 = torch.float64
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_2 = math.log(2.0)
+REDUCTIONS = ("mean", "sum", "none")
+LIKELIHOODS = ("bernoulli", "gaussian", "mse", "laplace")
+
+
+class VAELoss(NamedTuple):
+    loss: torch.Tensor
+    distortion: torch.Tensor
+    rate: torch.Tensor
+
+
+def f64(x, like: torch.Tensor | None = None) -> torch.Tensor:
+    """x as a float64 tensor (differentiable upcast for tensors; python numbers become 0-dim)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(F64)
+    device = like.device if like is not None else None
+    return torch.tensor(float(x), dtype=F64, device=device)
+
+
+def rows(elementwise: torch.Tensor) -> torch.Tensor:
+    """Per-sample sums: (B, ...) -> (B,)."""
+    if elementwise.dim() == 0:
+        raise ValueError("rows() needs a batch dimension")
+    if elementwise.dim() == 1:
+        return elementwise
+    return elementwise.flatten(1).sum(1)
+
+
+def reduce(per_sample: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Reduce per-sample values of shape (B,) over the batch."""
+    if per_sample.dim() != 1:
+        raise ValueError(f"per-sample values must have shape (B,), got {tuple(per_sample.shape)}")
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# latent: reparameterization and KL(N(mu, exp(logvar)) || N(0, 1))
+# ---------------------------------------------------------------------------------------------
+def reparameterize(mu, logvar, eps):
+    """z = mu + exp(logvar / 2) * eps (elementwise, float64)."""
+    mu, logvar, eps = f64(mu), f64(logvar), f64(eps)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def gaussian_kl_elements(mu, logvar):
+    mu, logvar = f64(mu), f64(logvar)
+    return 0.5 * (mu * mu + torch.exp(logvar) - logvar - 1.0)
+
+
+def gaussian_kl(mu, logvar, *, reduction: str = "mean"):
+    """0.5 * sum(mu^2 + exp(logvar) - logvar - 1) per sample."""
+    return reduce(rows(gaussian_kl_elements(mu, logvar)), reduction)
+
+
+def reparameterize_kl(mu, logvar, eps, *, reduction: str = "mean"):
+    return reparameterize(mu, logvar, eps), gaussian_kl(mu, logvar, reduction=reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# likelihoods (negative log-likelihoods, summed per sample)
+# ---------------------------------------------------------------------------------------------
+def bernoulli_nll_elements(logits, target):
+    """Stable BCE with logits: max(x, 0) - x * t + log1p(exp(-|x|)).
+
+    max(x, 0) is written (x + |x|) / 2, which is exact in floating point and whose autograd
+    derivative at x == 0 is 1/2, so the reference gradient is sigmoid(x) - t everywhere.
+    """
+    x, t = f64(logits), f64(target)
+    ax = x.abs()
+    return 0.5 * (x + ax) - x * t + torch.log1p(torch.exp(-ax))
+
+
+def bernoulli_nll(logits, target, *, reduction: str = "mean"):
+    return reduce(rows(bernoulli_nll_elements(logits, target)), reduction)
+
+
+def gaussian_nll_elements(mean, target, log_scale=0.0):
+    """0.5 * ((x - mu) / s)^2 + log s + 0.5 * log(2 pi), s = exp(log_scale)."""
+    mean, target = f64(mean), f64(target)
+    log_scale = f64(log_scale, like=target)
+    q = (target - mean) * torch.exp(-log_scale)
+    return 0.5 * q * q + log_scale + 0.5 * LOG_2PI
+
+
+def gaussian_nll(mean, target, *, log_scale=0.0, reduction: str = "mean"):
+    return reduce(rows(gaussian_nll_elements(mean, target, log_scale)), reduction)
+
+
+def mse_elements(recon, target):
+    d = f64(recon) - f64(target)
+    return d * d
+
+
+def mse(recon, target, *, reduction: str = "mean"):
+    return reduce(rows(mse_elements(recon, target)), reduction)
+
+
+def laplace_nll_elements(loc, target, log_scale=0.0):
+    """|x - mu| / b + log(2 b), b = exp(log_scale)."""
+    loc, target = f64(loc), f64(target)
+    log_scale = f64(log_scale, like=target)
+    return (target - loc).abs() * torch.exp(-log_scale) + log_scale + LOG_2
+
+
+def laplace_nll(loc, target, *, log_scale=0.0, reduction: str = "mean"):
+    return reduce(rows(laplace_nll_elements(loc, target, log_scale)), reduction)
+
+
+def nll_rows(likelihood: str, recon, target, log_scale=0.0) -> torch.Tensor:
+    """Per-sample distortion of the named likelihood (log_scale is ignored by bernoulli and mse)."""
+    if likelihood == "bernoulli":
+        return rows(bernoulli_nll_elements(recon, target))
+    if likelihood == "gaussian":
+        return rows(gaussian_nll_elements(recon, target, log_scale))
+    if likelihood == "mse":
+        return rows(mse_elements(recon, target))
+    if likelihood == "laplace":
+        return rows(laplace_nll_elements(recon, target, log_scale))
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the beta-VAE objective
+# ---------------------------------------------------------------------------------------------
+def beta_vae_loss(recon, target, mu, logvar, *, beta=1.0, likelihood: str = "bernoulli",
+                  log_scale=0.0, capacity=None, reduction: str = "mean") -> VAELoss:
+    """loss = distortion + beta * rate, or with a capacity C: distortion + beta * |rate - C|.
+
+    With a capacity the absolute value is taken on the batch-mean rate for 'mean' (and 'sum' is
+    B times the 'mean' penalty), per sample for 'none'.  distortion and rate are the reduced
+    per-sample likelihood and KL values.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}")
+    d = nll_rows(likelihood, recon, target, log_scale)
+    r = rows(gaussian_kl_elements(mu, logvar))
+    beta = f64(beta, like=d)
+    batch = d.shape[0]
+    if capacity is None:
+        if reduction == "none":
+            loss = d + beta * r
+        else:
+            loss = reduce(d, reduction) + beta * reduce(r, reduction)
+    else:
+        capacity = f64(capacity, like=d)
+        if reduction == "none":
+            loss = d + beta * (r - capacity).abs()
+        else:
+            mean_rate = r.sum() / max(batch, 1)
+            penalty = beta * (mean_rate - capacity).abs()
+            if reduction == "mean":
+                loss = d.mean() + penalty
+            else:
+                loss = d.sum() + batch * penalty
+    return VAELoss(loss, reduce(d, reduction), reduce(r, reduction))
