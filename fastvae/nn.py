@@ -8,12 +8,13 @@ reparameterize + KL op, so the per-sample rate comes out of the same pass that p
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as F_
+from .functional import Scalar
 
 __all__ = ["BetaVAELoss", "GaussianLatent", "LatentOutput"]
 
@@ -22,8 +23,6 @@ __all__ = ["BetaVAELoss", "GaussianLatent", "LatentOutput"]
 # (unit variance, KL ~ 0.5*mu^2) instead of a random spread of variances, while the weights stay non-zero
 # so the head is not stuck in a symmetric start.
 _LOGVAR_INIT_SCALE = 1e-2
-
-Scalar = Union[float, Tensor]
 
 
 def _check_likelihood(likelihood: str) -> None:
@@ -155,9 +154,7 @@ class GaussianLatent(nn.Module):
     def _moments(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, logvar)`` of q(z|h), without drawing z."""
         if h.dim() != 2 or h.shape[1] != self.in_features:
-            raise ValueError(
-                f"h: expected shape (B, {self.in_features}), got {tuple(h.shape)}"
-            )
+            raise ValueError(f"h: expected shape (B, {self.in_features}), got {tuple(h.shape)}")
         mu, logvar = self.linear(h).chunk(2, dim=1)
         return mu, logvar
 
@@ -170,7 +167,9 @@ class GaussianLatent(nn.Module):
     ) -> LatentOutput:
         """``sample=None`` follows the module's mode: sample in training, ``z = mu`` in eval."""
         mu, logvar = self._moments(h)
-        if self.training if sample is None else sample:
+        if sample is None:
+            sample = self.training
+        if sample:
             z, rate = F_.reparameterize_kl(mu, logvar, generator=generator, reduction="none")
         else:
             z, rate = mu, F_.gaussian_kl(mu, logvar, reduction="none")

@@ -11,9 +11,6 @@ from fastvae.nn import BetaVAELoss, GaussianLatent, LatentOutput
 
 import reference as R
 
-LIKELIHOODS = ["bernoulli", "gaussian", "mse", "laplace"]
-REDUCTIONS = ["mean", "sum", "none"]
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -39,8 +36,8 @@ def _loss_inputs(likelihood, batch=4, features=12, latent=3, dtype=torch.float32
 # -- BetaVAELoss ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("likelihood", LIKELIHOODS)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("likelihood", R.LIKELIHOODS)
+@pytest.mark.parametrize("reduction", R.REDUCTIONS)
 @pytest.mark.parametrize("capacity", [None, 2.5])
 def test_beta_vae_loss_module_matches_functional_and_reference(likelihood, reduction, capacity):
     recon, target, mu, logvar = _loss_inputs(likelihood)
@@ -251,6 +248,10 @@ def test_model_loss_is_beta_vae_loss_of_forward(name):
     got = model.loss(x, likelihood="laplace", log_scale=0.0, generator=torch.Generator().manual_seed(4))
     want = fastvae.beta_vae_loss(out.recon, x, out.mu, out.logvar, likelihood="laplace")
     torch.testing.assert_close(got.loss, want.loss, rtol=0, atol=0)
+    # a likelihood without a scale ignores the learned one
+    got = model.loss(x, likelihood="mse", generator=torch.Generator().manual_seed(4))
+    want = fastvae.beta_vae_loss(out.recon, x, out.mu, out.logvar, likelihood="mse")
+    torch.testing.assert_close(got.loss, want.loss, rtol=0, atol=0)
 
 
 def test_mlp_vae_takes_any_input_shape_with_in_features():
@@ -332,7 +333,8 @@ def test_model_state_dict_round_trip(name):
     clone.load_state_dict(model.state_dict())
     assert "log_scale" in model.state_dict()
     x = _batch(shape, "gaussian")
-    model.eval(), clone.eval()
+    model.eval()
+    clone.eval()
     assert torch.equal(model(x).recon, clone(x).recon)
     assert torch.equal(model.loss(x).loss, clone.loss(x).loss)
 

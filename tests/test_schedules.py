@@ -22,29 +22,6 @@ from fastvae.schedules import (
 # ----------------------------------------------------------------------------- helpers
 
 
-def _kl(mu, logvar):
-    """Closed-form KL(N(mu, exp(logvar)) || N(0, I)) per sample, mean over the batch."""
-    f = getattr(fastvae, "gaussian_kl", None)
-    if f is not None:
-        return f(mu, logvar)
-    return (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)).flatten(1).sum(1).mean()
-
-
-def _sq_err(recon, x):
-    """Per-sample sum of squared errors, mean over the batch."""
-    f = getattr(fastvae, "mse", None)
-    if f is not None:
-        return f(recon, x)
-    return (recon - x).pow(2).flatten(1).sum(1).mean()
-
-
-def _reparameterize(mu, logvar):
-    f = getattr(fastvae, "reparameterize", None)
-    if f is not None:
-        return f(mu, logvar)
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
-
 def _run(sched, n, rates=None):
     """Values seen over n iterations (value, then step)."""
     out = []
@@ -380,7 +357,7 @@ def test_make_capacity_schedule():
 
 def _train_tiny_vae(beta_of, update, steps=300, seed=0):
     """Train a small MLP VAE on 16-dim data from a 4-dim linear-Gaussian source with
-    loss = squared error + beta * KL; returns the per-step rates."""
+    loss = squared error + beta * KL (fastvae.beta_vae_loss); returns the per-step rates."""
     g = torch.Generator().manual_seed(1234)
     n, d, k, latent = 2048, 16, 4, 8
     X = torch.randn(n, k, generator=g) @ (1.5 * torch.randn(d, k, generator=g)).T
@@ -393,9 +370,10 @@ def _train_tiny_vae(beta_of, update, steps=300, seed=0):
     for _ in range(steps):
         x = X[torch.randint(0, n, (256,))]
         mu, logvar = enc(x).chunk(2, dim=-1)
-        z = _reparameterize(mu, logvar)
-        rate = _kl(mu, logvar)
-        loss = _sq_err(dec(z), x) + beta_of() * rate
+        z = fastvae.reparameterize(mu, logvar)
+        # rate = closed-form KL per sample, distortion = per-sample squared error (batch means);
+        # beta is a python float or (ConstrainedBeta after tensor updates) a 0-dim tensor
+        loss, _, rate = fastvae.beta_vae_loss(dec(z), x, mu, logvar, beta=beta_of(), likelihood="mse")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -426,3 +404,16 @@ def test_constrained_beta_rate_converges_to_target(one_thread):
                 assert free > 2 * delta and sched.value.item() > 2.0  # the constraint is active
             else:
                 assert free < 0.7 * delta and sched.value.item() < 0.5
+
+
+def test_constrained_beta_value_feeds_beta_vae_loss():
+    """The tensor value is accepted as beta= and gives the same loss as the python float."""
+    g = torch.Generator().manual_seed(0)
+    x, recon = torch.rand(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    mu, logvar = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    s = ConstrainedBeta(target_rate=1.0, lr=0.1)
+    beta = s.update(torch.tensor(3.0))
+    out = fastvae.beta_vae_loss(recon, x, mu, logvar, beta=beta, likelihood="mse")
+    ref = fastvae.beta_vae_loss(recon, x, mu, logvar, beta=beta.item(), likelihood="mse")
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx((out.distortion + beta * out.rate).item(), rel=1e-6)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as F_
+from ..functional import Scalar
 from ..nn import GaussianLatent, _check_likelihood
 
 __all__ = ["VAE", "VAEOutput"]
@@ -140,17 +141,17 @@ class VAE(nn.Module):
         self,
         x: Tensor,
         *,
-        beta: Union[float, Tensor] = 1.0,
-        capacity: Optional[Union[float, Tensor]] = None,
+        beta: Scalar = 1.0,
+        capacity: Optional[Scalar] = None,
         likelihood: Optional[str] = None,
-        log_scale: Optional[Union[float, Tensor]] = None,
+        log_scale: Optional[Scalar] = None,
         reduction: str = "mean",
         generator: Optional[torch.Generator] = None,
     ) -> "F_.VAELoss":
         """The beta-VAE loss of ``x`` (see :func:`fastvae.beta_vae_loss`): ``VAELoss(loss, distortion, rate)``.
 
         ``likelihood=None`` uses the model's likelihood; ``log_scale=None`` uses the learned ``log_scale``
-        when ``learn_scale=True``, else 0.
+        when ``learn_scale=True`` and the likelihood has a scale, else 0.
         """
         # The KL is computed once, inside beta_vae_loss from mu/logvar; forward draws z alone with
         # fastvae.reparameterize. Taking the rate from the fused reparameterize_kl (GaussianLatent.forward)
@@ -158,15 +159,18 @@ class VAE(nn.Module):
         # here, copying beta_vae_loss's capacity and reduction rules out of the one place they live. The cost
         # is one more read of mu/logvar, (B, L) and tiny next to x.
         recon, mu, logvar, _ = self(x, generator=generator)
+        if likelihood is None:
+            likelihood = self.likelihood
         if log_scale is None:
-            log_scale = 0.0 if self.log_scale is None else self.log_scale
+            learned = self.log_scale is not None and likelihood in _SCALED_LIKELIHOODS
+            log_scale = self.log_scale if learned else 0.0
         return F_.beta_vae_loss(
             recon,
             x,
             mu,
             logvar,
             beta=beta,
-            likelihood=self.likelihood if likelihood is None else likelihood,
+            likelihood=likelihood,
             log_scale=log_scale,
             capacity=capacity,
             reduction=reduction,

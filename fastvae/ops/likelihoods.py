@@ -231,33 +231,42 @@ def _setup_context(ctx, inputs, output):
     x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls = inputs
     _, gx, gls = output
     ctx.mark_non_differentiable(gx, gls)
-    ctx.save_for_backward(x, target, log_scale)
+    ctx.save_for_backward(x, target, log_scale, gx, gls)
     ctx.args = (log_scale_value, kind, reduction, grad_x, grad_ls)
-    # The buffers are scaled in place by the first backward; they are not saved tensors so
-    # that a retained graph can recompute them instead of failing a version check.
-    ctx.buffers = (gx, gls)
+    ctx.consumed = False
     ctx.set_materialize_grads(False)
 
 
+def _tracing(t: Tensor) -> bool:
+    """True under torch.compile / AOT tracing, where backward must stay functional."""
+    return torch.compiler.is_compiling() or type(t) is not torch.Tensor
+
+
+def _scale(buf: Tensor, grad_out: Tensor, functional: bool) -> Tensor:
+    if functional:
+        return buf * _per_row(grad_out, buf).to(buf.dtype)
+    # .data: the in-place multiply must not bump the saved buffer's version, so that a retained
+    # graph can still unpack it on a second backward (which then recomputes, see below).
+    scale_rows_(buf.data, grad_out)
+    return buf
+
+
 def _backward(ctx, grad_out, _grad_gx, _grad_gls):
-    x, target, log_scale = ctx.saved_tensors
-    log_scale_value, kind, reduction, grad_x, grad_ls = ctx.args
     if grad_out is None:
         return (None,) * 8
-    gx, gls = ctx.buffers
-    fresh = gx is not None
-    ctx.buffers = (None, None)
-    if not fresh:
-        _, gx, gls = nll_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls)
-    grad_scale_input = grad_target = grad_log_scale = None
-    compiling = torch.compiler.is_compiling()
+    x, target, log_scale, gx, gls = ctx.saved_tensors
+    log_scale_value, kind, reduction, grad_x, grad_ls = ctx.args
+    functional = _tracing(grad_out)
+    if not functional:
+        if ctx.consumed:
+            # The first backward scaled the buffers in place: recompute them for this one.
+            _, gx, gls = nll_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls)
+        ctx.consumed = True
+    grad_input = grad_target = grad_log_scale = None
     if grad_x:
-        if compiling:
-            gx = gx * _per_row(grad_out, gx).to(gx.dtype)
-        else:
-            scale_rows_(gx, grad_out)
+        gx = _scale(gx, grad_out, functional)
         if ctx.needs_input_grad[0]:
-            grad_scale_input = gx
+            grad_input = gx
         if ctx.needs_input_grad[1] and kind != 0:
             grad_target = (-gx).to(target.dtype)
     if ctx.needs_input_grad[1] and kind == 0:
@@ -267,12 +276,9 @@ def _backward(ctx, grad_out, _grad_gx, _grad_gls):
         if log_scale.dim() == 0:
             scale = grad_out / _grad_div(x.shape[0], reduction)
             grad_log_scale = (gls * scale).sum().to(log_scale.dtype)
-        elif compiling:
-            grad_log_scale = gls * _per_row(grad_out, gls).to(gls.dtype)
         else:
-            scale_rows_(gls, grad_out)
-            grad_log_scale = gls
-    return grad_scale_input, grad_target, grad_log_scale, None, None, None, None, None
+            grad_log_scale = _scale(gls, grad_out, functional)
+    return grad_input, grad_target, grad_log_scale, None, None, None, None, None
 
 
 nll_forward.register_autograd(_backward, setup_context=_setup_context)
