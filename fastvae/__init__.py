@@ -14,9 +14,11 @@ from .functional import (
     reparameterize_kl,
 )
 
+from . import models, nn  # noqa: E402  (modules built on the functional API)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "VAELoss", "bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll", "laplace_nll", "mse",
-    "reparameterize", "reparameterize_kl", "__version__",
+    "reparameterize", "reparameterize_kl", "models", "nn", "__version__",
 ]
