@@ -71,7 +71,8 @@ def _check_scalar(name: str, value, device: torch.device) -> Scalar:
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
         if value.device != device and value.device.type != "cpu":
             raise ValueError(f"{name} must be on {device} (or the CPU), got {value.device}")
-        return value.to(device) if value.device != device else value
+        # A CPU 0-dim tensor enters device arithmetic as a scalar: no copy, no sync.
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(value).__name__}")
     return float(value)

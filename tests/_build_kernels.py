@@ -1,0 +1,71 @@
+"""Compile every Triton kernel variant for a Hopper GPU (sm_90) without a GPU.
+
+Run as a script (never under TRITON_INTERPRET): the interpreter accepts code the GPU compiler
+rejects, so this is what catches such code on a machine with no GPU.  Prints one line per
+variant and exits non-zero on the first failure.
+"""
+import itertools
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fastvae.ops import _backend  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+INTS = ("B", "D", "split_cols", "n_split", "grad_div")
+
+
+def signature(fn, pointer_types, constexprs):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = pointer_types.get(name, pointer_types["*"])
+        elif name == "ls_value":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def build(fn, pointer_types, constexprs, num_warps=8):
+    src = ASTSource(fn, signature(fn, pointer_types, constexprs), constexprs)
+    triton.compile(src, target=TARGET, options={"num_warps": num_warps})
+    print("ok", fn.__name__, {k: v for k, v in constexprs.items() if not k.startswith("BLOCK")}, flush=True)
+
+
+def main():
+    latent = _backend.kernels("latent")
+    lik = _backend.kernels("likelihoods")
+    for dtype, (has_eps, write_z, kl) in itertools.product(
+        ("fp32", "bf16", "fp64"), [(False, True, True), (True, True, True), (False, False, True), (False, True, False)]
+    ):
+        fp64 = dtype == "fp64"
+        ptrs = {"*": f"*{dtype}", "seed_ptr": "*i64", "kl_ptr": "*fp64" if fp64 else "*fp32"}
+        build(latent.latent_forward_kernel, ptrs, dict(HAS_EPS=has_eps, WRITE_Z=write_z, COMPUTE_KL=kl, FP64=fp64,
+                                                       BLOCK_R=4, BLOCK_D=1024))
+        ptrs["gkl_ptr"] = "*fp32"
+        build(latent.latent_backward_kernel, ptrs, dict(HAS_EPS=has_eps, HAS_GZ=write_z, HAS_GKL=kl, FP64=fp64,
+                                                        BLOCK_R=4, BLOCK_D=1024))
+    for dtype, kind, mode in itertools.product(("fp32", "bf16"), range(4), (0, 1, 2)):
+        if kind in (0, 2) and mode:
+            continue
+        ptrs = {"*": f"*{dtype}", "loss_ptr": "*fp32", "ls_ptr": "*fp32", "gls_ptr": "*fp32"}
+        for grad in (False, True):
+            build(lik.nll_forward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=grad, GRAD_LS=grad and kind in (1, 3),
+                                                     FP64=False, BLOCK_R=1, BLOCK_D=4096))
+    build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=1, LS_MODE=1, GRAD_X=True, GRAD_LS=True, FP64=True,
+                                                       BLOCK_R=16, BLOCK_D=256))
+    for dtype in ("fp32", "bf16", "fp64"):
+        build(lik.scale_rows_kernel, {"*": f"*{dtype}", "g_ptr": "*fp32"}, dict(FP64=dtype == "fp64", BLOCK_R=1, BLOCK_D=4096))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
