@@ -71,7 +71,7 @@ def get_dataset(
         name_or_path: ``'shapes'``, ``'digits'``, a ``.npy`` / ``.npz`` path (``'file.npz:key'``
             for one array of an archive), a tensor or numpy array ``(N, ...)``, or a map-style
             torch Dataset (materialised on ``device``; a :class:`Shapes` or :class:`ArrayDataset`
-            is returned as it is).
+            is returned as it is, moved to ``device`` if needed).
         device: where samples are rendered or stored and where batches are returned.
         seed: seeds the random sampling of ``shapes`` (:meth:`Shapes.sample`, :meth:`Shapes.stream`);
             the other datasets are fixed arrays and ignore it.
@@ -81,7 +81,7 @@ def get_dataset(
         ImportError: ``'digits'`` without scikit-learn installed.
     """
     if isinstance(name_or_path, (Shapes, ArrayDataset)):
-        return name_or_path
+        return name_or_path.to(device)
     if isinstance(name_or_path, (torch.Tensor, np.ndarray)):
         return ArrayDataset(name_or_path, device=device, name=f"{type(name_or_path).__name__} argument")
     if isinstance(name_or_path, torch.utils.data.Dataset):

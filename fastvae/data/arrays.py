@@ -20,6 +20,7 @@ Conventions:
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import zipfile
@@ -89,6 +90,16 @@ class ArrayDataset(torch.utils.data.Dataset):
         sample = self.batch(index)[0]
         return sample if self.labels is None else (sample, self.labels[index[0]])
 
+    def to(self, device: torch.device | str) -> "ArrayDataset":
+        """The same data held on ``device`` (a shallow copy); ``self`` if already there."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.device, moved._data = device, self._data.to(device)
+        moved.labels = None if self.labels is None else self.labels.to(device)
+        return moved
+
     def __repr__(self) -> str:
         return (
             f"ArrayDataset(name={self.name!r}, n={len(self)}, sample_shape={self.sample_shape}, "
@@ -119,7 +130,8 @@ class ArrayDataset(torch.utils.data.Dataset):
 def _convert(data: Any, name: str) -> tuple[torch.Tensor, float, tuple[float, float]]:
     """Validate ``data`` and return (storage tensor on CPU, scale applied per batch, value range)."""
     if isinstance(data, torch.Tensor):
-        data = data.detach().cpu().numpy() if data.dtype != torch.bfloat16 else data.detach().cpu().float().numpy()
+        data = data.detach().cpu()
+        data = (data.float() if data.dtype in (torch.bfloat16, torch.float16) else data).numpy()
     if not isinstance(data, np.ndarray):
         raise DataError(f"{name}: expected a numpy array or tensor, found {type(data).__name__}")
     kind = data.dtype.kind
@@ -151,7 +163,9 @@ def _convert(data: Any, name: str) -> tuple[torch.Tensor, float, tuple[float, fl
             if not finite.all():
                 row, *where = (int(i) for i in np.argwhere(~finite)[0])
                 found = data[(start + row, *where)]
-                raise DataError(f"{name}: expected finite float32 values, found {found} at index {(start + row, *where)}")
+                raise DataError(
+                    f"{name}: expected finite float32 values, found {found} at index {(start + row, *where)}"
+                )
         lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
 
     scale = 1.0
@@ -260,18 +274,18 @@ def wrap_dataset(dataset: torch.utils.data.Dataset, *, device: torch.device | st
             if len(item) > 1:
                 label = item[1]
             item = item[0]
-        sample = item.detach().cpu() if isinstance(item, torch.Tensor) else torch.from_numpy(np.array(item))
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu()
+            item = item.float() if item.dtype in (torch.bfloat16, torch.float16) else item
+        sample = np.asarray(item)  # dtype problems are reported by ArrayDataset
         if samples and sample.shape != samples[0].shape:
-            raise DataError(f"{name}: expected every sample to have shape {tuple(samples[0].shape)}, found "
-                            f"{tuple(sample.shape)} at item {i}")
+            raise DataError(f"{name}: expected every sample to have shape {samples[0].shape}, found "
+                            f"{sample.shape} at item {i}")
         samples.append(sample)
         labels.append(_as_label(label))
-    if samples[0].dim() == 0:
+    if samples[0].ndim == 0:
         raise DataError(f"{name}: expected samples with at least 1 dimension, found scalars")
-    try:
-        data = torch.stack(samples)
-    except (RuntimeError, TypeError) as exc:
-        raise DataError(f"{name}: could not stack the samples into one array ({exc})") from exc
+    data = np.stack(samples)
     keep_labels = all(label is not None for label in labels)
     return ArrayDataset(data, device=device, labels=labels if keep_labels else None, name=name)
 

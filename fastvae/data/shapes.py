@@ -106,10 +106,11 @@ def _pixel_centres(image_size: int, device: torch.device | str | None) -> tuple[
 
 
 def _inside(shape_id: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Boolean membership of canonical-frame points (x, y) in canonical shape ``shape_id``.
+    """Membership (float32 0/1) of canonical-frame points (x, y) in canonical shape ``shape_id``.
 
-    Overwrites ``x`` and ``y`` (they are temporaries of the renderer); each test costs a handful
-    of elementwise passes over the batch, which is what bounds the CPU rendering time.
+    Overwrites ``x`` and ``y`` (they are temporaries of the renderer) and compares in place, which
+    leaves a float 0/1 result: each test is then a handful of elementwise passes over the batch,
+    which is what bounds the CPU rendering time.
     """
     if shape_id == 0:  # square
         return torch.maximum(x.abs_(), y.abs_()).le_(1.0)
@@ -178,6 +179,7 @@ def render_shapes(
     """
     device = scale.device
     batch = scale.shape[0]
+    shape, orientation, pos_x, pos_y = (t.to(device) for t in (shape, orientation, pos_x, pos_y))
     for name, value in (("shape", shape), ("orientation", orientation), ("pos_x", pos_x), ("pos_y", pos_y)):
         if value.shape != (batch,):
             raise ValueError(f"{name}: expected shape ({batch},) like scale, got {tuple(value.shape)}")
@@ -190,29 +192,36 @@ def render_shapes(
     col_y = (ay[:, None] * u + cy[:, None]).float().unsqueeze(1)
     row_y = (by[:, None] * v).float().unsqueeze(2)
 
-    images = torch.empty(batch, 1, image_size, image_size, dtype=torch.float32, device=device)
-    if device.type == "cpu":
-        # On CPU elementwise passes dominate, so test each sample against its own shape only.
-        # (Grouping needs the group sizes on the host: free here, a sync on an accelerator.)
-        shape_cpu = shape.long()
-        for shape_id in range(len(SHAPE_NAMES)):
-            members = (shape_cpu == shape_id).nonzero().squeeze(1)
-            if members.numel() == 0:
-                continue
-            if members.numel() == batch:
-                members = slice(None)
-            inside = _inside(shape_id, col_x[members] + row_x[members], col_y[members] + row_y[members])
-            images[members, 0] = inside.float()
-    else:
-        # On an accelerator the three tests are cheap and a host sync is not: evaluate every shape
-        # on the whole batch and select, so rendering stays asynchronous.
-        shape_b = shape.long().view(batch, 1, 1)
-        result = torch.zeros(batch, image_size, image_size, dtype=torch.bool, device=device)
-        for shape_id in range(len(SHAPE_NAMES)):
-            inside = _inside(shape_id, col_x + row_x, col_y + row_y)
-            result |= inside & (shape_b == shape_id)
-        images[:, 0] = result.float()
+    render = _render_grouped if device.type == "cpu" else _render_selected
+    return render(shape.long(), (col_x, row_x), (col_y, row_y), image_size)
+
+
+def _render_grouped(shape, x_parts, y_parts, image_size: int) -> torch.Tensor:
+    """CPU strategy: elementwise passes dominate, so test each sample against its own shape only.
+    (Grouping needs the group sizes on the host: free on CPU, a sync on an accelerator.)"""
+    batch = shape.shape[0]
+    images = torch.empty(batch, 1, image_size, image_size, dtype=torch.float32, device=shape.device)
+    for shape_id in range(len(SHAPE_NAMES)):
+        members = (shape == shape_id).nonzero().squeeze(1)
+        if members.numel() == 0:
+            continue
+        if members.numel() == batch:  # one shape only: no gather, no scatter
+            return _inside(shape_id, x_parts[0] + x_parts[1], y_parts[0] + y_parts[1]).unsqueeze(1)
+        x = x_parts[0][members] + x_parts[1][members]
+        y = y_parts[0][members] + y_parts[1][members]
+        images[members, 0] = _inside(shape_id, x, y)
     return images
+
+
+def _render_selected(shape, x_parts, y_parts, image_size: int) -> torch.Tensor:
+    """Accelerator strategy: the three tests are cheap there and a host sync is not, so evaluate
+    every shape on the whole batch and select; rendering stays asynchronous."""
+    shape = shape.view(-1, 1, 1)
+    images = torch.zeros(shape.shape[0], image_size, image_size, dtype=torch.float32, device=shape.device)
+    for shape_id in range(len(SHAPE_NAMES)):
+        inside = _inside(shape_id, x_parts[0] + x_parts[1], y_parts[0] + y_parts[1])
+        images = torch.where(shape == shape_id, inside, images)
+    return images.unsqueeze(1)
 
 
 class Shapes(torch.utils.data.Dataset):
@@ -254,12 +263,18 @@ class Shapes(torch.utils.data.Dataset):
         return self._length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image (1, 64, 64), factor_indices (5,))`` of flat index ``index`` (negative counts
+        from the end)."""
         index = _check_index(index, self._length)
         factors = self.index_to_factors(torch.tensor([index], device=self.device))
         return self.render(factors)[0], factors[0]
 
     def __repr__(self) -> str:
         return f"Shapes(device='{self.device}', seed={self.seed})"
+
+    def to(self, device: torch.device | str) -> "Shapes":
+        """The same dataset (same seed) rendering on ``device``; ``self`` if already there."""
+        return self if torch.device(device) == self.device else Shapes(device=device, seed=self.seed)
 
     # ----------------------------------------------------------------- indices and factors
     def index_to_factors(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -371,7 +386,9 @@ def _check_index(index, length: int) -> int:
     """A Python int in [0, length) from an int-like ``index`` (negative counts from the end)."""
     if isinstance(index, torch.Tensor):
         if index.numel() != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
-            raise TypeError(f"index: expected an int, got a tensor of shape {tuple(index.shape)} and dtype {index.dtype}")
+            raise TypeError(
+                f"index: expected an int, got a tensor of shape {tuple(index.shape)} and dtype {index.dtype}"
+            )
         index = int(index)
     try:
         index = operator.index(index)
