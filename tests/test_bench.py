@@ -1,0 +1,173 @@
+"""Smoke test of `fastvae bench` (fastvae.bench) on a tiny CPU sweep: report schema, byte floors,
+plots and the README table."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fastvae import bench as fb
+
+CASE_FIELDS = {
+    "op", "mode", "provider", "dtype", "batch", "sample_size", "latent_dim", "shape", "numel",
+    "min_bytes", "input_sets", "median_ms", "min_ms", "q25_ms", "q75_ms", "reps", "gbps",
+    "frac_copy_bw", "peak_mem_bytes", "error",
+}
+
+TINY = dict(max_elements=512, min_batch=8, sample_size=64, latent_dim=32, objective_latent_dim=8,
+            rep_ms=1.0, copy_bytes=2**22, rotate=False, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory):
+    """A tiny sweep of every op, mode and dtype (fastvae and eager), plus one torch.compile case."""
+    out = tmp_path_factory.mktemp("bench")
+    report = fb.run_benchmarks(fb.BenchConfig(device="cpu", providers=("fastvae", "eager"), **TINY))
+    compiled = fb.run_benchmarks(fb.BenchConfig(device="cpu", ops=("mse",), modes=("fwd+bwd",),
+                                                providers=("compile",), dtypes=("float32",), **TINY))
+    for c in compiled["cases"]:   # one report, one copy bandwidth
+        assert c["error"] is None, c["error"]
+        c["frac_copy_bw"] = c["gbps"] / report["copy_bandwidth"]["gbps"]
+    report["cases"] += compiled["cases"]
+    return fb.write_json(report, out / "cpu-test.json")
+
+
+def test_report_schema(report_path):
+    report = json.loads(report_path.read_text())
+    assert report["schema"] == fb.SCHEMA
+    for key in ("date", "device", "versions", "config", "timer", "copy_bandwidth", "peak_memory_method",
+                "fastvae_backend", "cases"):
+        assert key in report, key
+    assert report["device"]["type"] == "cpu" and report["device"]["slug"].startswith("cpu-")
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["fastvae_backend"] == "torch"
+    assert report["timer"] == "perf_counter"
+    assert report["copy_bandwidth"]["gbps"] > 0
+
+    cases = report["cases"]
+    expected = {(op, mode, p, d) for op in fb.OPS for mode in fb.MODES for p in ("fastvae", "eager")
+                for d in fb.DTYPES} | {("mse", "fwd+bwd", "compile", "float32")}
+    assert {(c["op"], c["mode"], c["provider"], c["dtype"]) for c in cases} == expected
+    for c in cases:
+        assert set(c) == CASE_FIELDS, c["op"]
+        assert c["error"] is None, c
+        assert c["median_ms"] > 0 and c["reps"] >= 5 and c["input_sets"] >= 1
+        assert c["min_ms"] <= c["median_ms"]
+        assert c["numel"] == c["batch"] * c["sample_size"]
+        assert math.isclose(c["gbps"], c["min_bytes"] / (c["median_ms"] * 1e-3) / 1e9, rel_tol=1e-9)
+        assert math.isclose(c["frac_copy_bw"], c["gbps"] / report["copy_bandwidth"]["gbps"], rel_tol=1e-9)
+        assert c["peak_mem_bytes"] is None or c["peak_mem_bytes"] >= 0
+    # the sweep: batches 8 (and the cap) for the 64-wide likelihoods, 8 and 16 for the 32-wide latent
+    assert sorted({c["batch"] for c in cases if c["op"] == "mse"}) == [8]
+    assert sorted({c["batch"] for c in cases if c["op"] == "reparameterize_kl"}) == [8, 16]
+
+
+def test_min_bytes_by_hand():
+    # bernoulli fwd+bwd reads logits and target and writes grad_logits (3 elements) + loss and grad_loss scalars
+    case = fb.Case("bernoulli_nll", "fwd+bwd", "fastvae", "float32", batch=8, sample_size=64)
+    assert case.min_bytes == 3 * 8 * 64 * 4 + 2 * 4 == 6152
+    assert fb.min_bytes("bernoulli_nll", "fwd", 8, 64, 0, "bfloat16") == 2 * 8 * 64 * 2 + 4
+    # reparameterize_kl: fwd reads mu, logvar, writes z (+kl); bwd reads grad_z, mu, logvar, writes two grads
+    assert fb.min_bytes("reparameterize_kl", "fwd+bwd", 8, 32, 0, "bfloat16") == (3 + 5) * 8 * 32 * 2 + 2 * 4
+    # beta_vae_loss bwd: grad of recon (image) plus grads of mu and logvar (latent)
+    assert fb.min_bytes("beta_vae_loss", "bwd", 4, 64, 8, "float32") == (3 * 4 * 64 + 4 * 4 * 8) * 4 + 4
+
+
+def test_input_rotation():
+    # enough sets to exceed twice the cache, capped; one set when rotation is off or a set is larger
+    cache = fb.cache_bytes("cpu")
+    if cache:
+        assert fb.n_input_sets(cache // 4, "cpu") == 8
+        assert fb.n_input_sets(4 * cache, "cpu") == 1
+        assert fb.n_input_sets(16, "cpu") == 64
+    assert fb.n_input_sets(16, "cpu", rotate=False) == 1
+    case = fb.Case("mse", "bwd", "eager", "float32", batch=4, sample_size=16)
+    prepared = fb.prepare(case, "cpu", rotate=True)
+    assert len(prepared.calls) == len(prepared.setups) == fb.n_input_sets(prepared.sets[0].nbytes, "cpu")
+    timing = fb.time_calls(prepared.calls, "cpu", rep_ms=1.0, setups=prepared.setups)
+    assert timing["reps"] >= 5 and 0 < timing["min_s"] <= timing["median_s"]
+    (grad,) = prepared.run(1)
+    assert grad.shape == (4, 16)
+
+
+def test_batch_sweep():
+    assert fb.batch_sweep(4096, 2**27) == [256, 1024, 4096, 16384, 32768]
+    assert fb.batch_sweep(256, 2**27) == [256, 1024, 4096, 16384, 65536, 262144, 524288]
+    assert fb.batch_sweep(4096, 2**22) == [256, 1024]
+    assert fb.batch_sweep(4096, 2**18) == [64]   # cap below the smallest batch: the cap wins
+
+
+def test_eager_baselines_match_fastvae():
+    # The providers must compute the same objective, else the timings compare different work.
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(4, 64, generator=gen), torch.rand(4, 64, generator=gen)
+    mu, logvar = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
+    for op in ("bernoulli_nll", "gaussian_nll", "mse", "laplace_nll"):
+        eager, fast = fb.provider_fn(op, "eager"), fb.provider_fn(op, "fastvae")
+        torch.testing.assert_close(fast(x, t), eager(x, t), rtol=1e-5, atol=1e-5, msg=op)
+    _, kl = fb.provider_fn("reparameterize_kl", "fastvae")(mu, logvar)
+    torch.testing.assert_close(kl, fb.eager_reparameterize_kl(mu, logvar)[1], rtol=1e-5, atol=1e-5)
+    fast = fb.provider_fn("beta_vae_loss", "fastvae")(x, t, mu, logvar)
+    for got, want in zip(fast, fb.eager_beta_vae_loss(x, t, mu, logvar)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_plot_and_readme(report_path, tmp_path):
+    pngs = fb.plot(report_path, tmp_path)
+    assert [p.name for p in pngs] == [f"cpu-test-{op}.png" for op in fb.OPS]
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nhand-written text\n")
+    report = fb.load_json(report_path)
+    fb.update_readme(readme, report, pngs)
+    fb.update_readme(readme, report, pngs)   # regenerating replaces the block, never duplicates it
+    text = readme.read_text()
+    slug = report["device"]["slug"]
+    assert text.startswith("# Benchmarks\n\nhand-written text\n")
+    assert text.count(fb.README_BEGIN.format(slug=slug)) == 1 and text.count(fb.README_END.format(slug=slug)) == 1
+    assert "beta_vae_loss fwd+bwd at the largest size" in text
+    beta_rows = [line for line in text.splitlines() if line.startswith("| float32 | 8x64, 8x8 |")]
+    assert len(beta_rows) == 1 and beta_rows[0].endswith("x | n/a |")   # vs eager; no compile case here
+    assert "[mse](cpu-test-mse.png)" in text
+    assert "| mse | fwd+bwd | 8x64 |" in text
+
+
+def test_cli_plot_only(report_path, tmp_path):
+    report = json.loads(report_path.read_text())
+    report["cases"] = [c for c in report["cases"] if c["op"] == "mse"]   # one figure is enough here
+    target = tmp_path / "r.json"
+    target.write_text(json.dumps(report))
+    readme = tmp_path / "README.md"
+    assert fb.main(["--plot-only", str(target), "--readme", str(readme), "--quiet"]) == 0
+    assert [p.name for p in tmp_path.glob("*.png")] == ["r-mse.png"]
+    assert fb.README_BEGIN.format(slug=fb.load_json(target)["device"]["slug"]) in readme.read_text()
+
+
+def test_merge_reports(report_path):
+    report = fb.load_json(report_path)
+    old = dict(report, cases=[c for c in report["cases"] if c["op"] != "mse" or c["dtype"] == "float32"])
+    new = dict(report, cases=[c for c in report["cases"] if c["op"] == "mse"],
+               copy_bandwidth=dict(report["copy_bandwidth"], gbps=2 * report["copy_bandwidth"]["gbps"]))
+    merged = fb.merge_reports(old, new)
+    assert sorted(map(fb._case_key, merged["cases"])) == sorted(map(fb._case_key, report["cases"]))
+    assert len(merged["runs"]) == 2
+    kept = next(c for c in merged["cases"] if c["op"] == "bernoulli_nll")
+    assert math.isclose(kept["frac_copy_bw"], kept["gbps"] / new["copy_bandwidth"]["gbps"])
+    other = dict(report, device=dict(report["device"], slug="cuda-other", name="other"))
+    with pytest.raises(ValueError, match="different devices"):
+        fb.merge_reports(old, other)
+
+
+def test_cli_run(tmp_path):
+    out = tmp_path / "run.json"
+    argv = ["--device", "cpu", "--ops", "mse", "--modes", "fwd", "--providers", "fastvae,eager",
+            "--dtypes", "float32", "--max-elements", "256", "--min-batch", "4", "--sample-size", "64",
+            "--rep-ms", "1", "--copy-bytes", str(2**22), "--out", str(out), "--readme", "none", "--no-plot",
+            "--quiet"]
+    assert fb.main(argv) == 0
+    report = fb.load_json(out)
+    assert [(c["provider"], c["batch"]) for c in report["cases"]] == [("fastvae", 4), ("eager", 4)]
