@@ -22,6 +22,8 @@ HAS_CUDA = torch.cuda.is_available()
 if os.environ.get("FASTVAE_TEST_INTERPRET", "0" if HAS_CUDA else "1") == "1":
     os.environ["TRITON_INTERPRET"] = "1"
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# share of the profile's max_examples that property tests run in the (slow) interpreter
+INTERPRETER_EXAMPLES = 1.0
 
 import dataclasses  # noqa: E402
 
@@ -61,7 +63,7 @@ class Backend:
         """max_examples for a property test on this backend under the active profile."""
         base = settings().max_examples * scale
         if self.slow:
-            base /= 3
+            base *= INTERPRETER_EXAMPLES
         return max(2, int(base))
 
     def settings(self, scale: float = 1.0, **kw):

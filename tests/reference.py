@@ -85,12 +85,14 @@ def reparameterize_kl(mu, logvar, eps, *, reduction: str = "mean"):
 def bernoulli_nll_elements(logits, target):
     """Stable BCE with logits: max(x, 0) - x * t + log1p(exp(-|x|)).
 
-    max(x, 0) is written (x + |x|) / 2, which is exact in floating point and whose autograd
-    derivative at x == 0 is 1/2, so the reference gradient is sigmoid(x) - t everywhere.
+    max(x, 0) is written so that autograd gives the exact derivative sigmoid(x) - t everywhere:
+    for x < 0 only the log1p term carries gradient (no 1/2 - 1/2 cancellation swamping a tiny
+    sigmoid(x)), and at x == 0 (where d|x|/dx is 0 in torch) the max term contributes 1/2.
     """
     x, t = f64(logits), f64(target)
-    ax = x.abs()
-    return 0.5 * (x + ax) - x * t + torch.log1p(torch.exp(-ax))
+    zero = torch.zeros_like(x)
+    relu = torch.where(x > 0, x, zero) + torch.where(x == 0, 0.5 * x, zero)
+    return relu - x * t + torch.log1p(torch.exp(-x.abs()))
 
 
 def bernoulli_nll(logits, target, *, reduction: str = "mean"):

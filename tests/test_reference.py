@@ -113,6 +113,14 @@ def test_bernoulli_gradient_is_sigmoid_minus_target_including_zero_logit():
     close(target.grad, -logits.detach())
 
 
+def test_bernoulli_gradient_tiny_values_are_relatively_exact():
+    """For x << 0 and t = 0 the gradient sigmoid(x) is tiny: no O(1) cancellation may swamp it."""
+    logits = torch.tensor([[-50.0, -30.0, -700.0, -5.0]], dtype=F64, requires_grad=True)
+    target = torch.zeros(1, 4, dtype=F64)
+    R.bernoulli_nll(logits, target, reduction="sum").backward(torch.tensor(-1.46, dtype=F64))
+    close(logits.grad, -1.46 * torch.sigmoid(logits.detach()), rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("log_scale_kind", ["float", "scalar", "full"])
 @pytest.mark.parametrize("reduction", R.REDUCTIONS)
