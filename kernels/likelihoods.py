@@ -24,7 +24,12 @@ Bytes per element, s_x, s_t, s_s the element sizes of x, t and a per-element log
     forward with gradient:    read s_x + s_t [+ s_s], write s_x [+ s_s]
 plus 4 bytes a (row, split) for the partial sums.
 
-``scale_rows_kernel`` is backward: it multiplies a gradient buffer in place by grad_output,
+With RESCALE the same kernel is backward for float16/bfloat16 buffers: rows whose grad_output
+g_r is not exactly 1 are recomputed from x and t with g_r folded in before the single rounding to
+the buffer's dtype (scaling the stored, already rounded gradient would round twice); rows with
+g_r = 1 move no bytes.  It reads s_x + s_t [+ s_s] and writes s_x [+ s_s] per element of those rows.
+
+``scale_rows_kernel`` is backward for float32/float64 buffers: it multiplies a gradient buffer in place by grad_output,
 one value per row (stride 0 when it is one value for all), and predicates off every row whose
 grad_output is exactly 1, so backward after ``loss.backward()`` on a mean or a sum moves no
 bytes at all, and never reads grad_output on the host.  Otherwise it reads and writes s bytes
@@ -42,10 +47,10 @@ def _log1p_small(e):
 
 @triton.jit
 def nll_forward_kernel(
-    x_ptr, t_ptr, ls_ptr, loss_ptr, gx_ptr, gls_ptr,
-    B, D, x_stride, t_stride, ls_stride, split_cols, n_split, ls_value, grad_div,
+    x_ptr, t_ptr, ls_ptr, loss_ptr, gx_ptr, gls_ptr, g_ptr,
+    B, D, x_stride, t_stride, ls_stride, g_stride, split_cols, n_split, ls_value, grad_div,
     KIND: tl.constexpr, LS_MODE: tl.constexpr, GRAD_X: tl.constexpr, GRAD_LS: tl.constexpr,
-    FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    RESCALE: tl.constexpr, FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_r = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
@@ -65,6 +70,14 @@ def nll_forward_kernel(
         acc_ls = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
         inv_div = 1.0 / tl.full([], grad_div, tl.float32)
         s_value = tl.full([], ls_value, tl.float32)
+    if RESCALE:
+        # Backward for half-precision buffers: rewrite the rows whose grad_output is not 1 with
+        # grad_output folded in before the one rounding to the buffer's dtype.
+        g = tl.load(g_ptr + rows * g_stride, mask=row_mask, other=1.0).to(acc.dtype)
+        row_mask = row_mask & (g != 1.0)
+        grad_scale = (g * inv_div)[:, None]
+    else:
+        grad_scale = inv_div
     if LS_MODE == 1:
         s_scalar = tl.load(ls_ptr)
     for c0 in range(col_start, col_end, BLOCK_D):
@@ -108,14 +121,15 @@ def nll_forward_kernel(
             grad_s = 1.0 - a
         acc += tl.where(mask, loss, 0.0)
         if GRAD_X:
-            tl.store(gx_ptr + rows2 * D + cols2, (grad * inv_div).to(gx_ptr.dtype.element_ty), mask=mask)
+            tl.store(gx_ptr + rows2 * D + cols2, (grad * grad_scale).to(gx_ptr.dtype.element_ty), mask=mask)
         if GRAD_LS:
             if LS_MODE == 2:
-                tl.store(gls_ptr + rows2 * D + cols2, (grad_s * inv_div).to(gls_ptr.dtype.element_ty), mask=mask)
+                tl.store(gls_ptr + rows2 * D + cols2, (grad_s * grad_scale).to(gls_ptr.dtype.element_ty), mask=mask)
             else:
                 acc_ls += tl.where(mask, grad_s, 0.0)
-    tl.store(loss_ptr + rows * n_split + pid_s, tl.sum(acc, axis=1), mask=row_mask)
-    if GRAD_LS:
+    if not RESCALE:
+        tl.store(loss_ptr + rows * n_split + pid_s, tl.sum(acc, axis=1), mask=row_mask)
+    if GRAD_LS and not RESCALE:
         if LS_MODE == 1:
             tl.store(gls_ptr + rows * n_split + pid_s, tl.sum(acc_ls, axis=1), mask=row_mask)
 

@@ -57,10 +57,11 @@ def main():
         if kind in (0, 2) and mode:
             continue
         ptrs = {"*": f"*{dtype}", "loss_ptr": "*fp32", "ls_ptr": "*fp32", "gls_ptr": "*fp32"}
-        for grad in (False, True):
-            build(lik.nll_forward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=grad, GRAD_LS=grad and kind in (1, 3),
+        for grad, rescale in ((False, False), (True, False), (True, True)):
+            build(lik.nll_forward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=grad, RESCALE=rescale,
+                                                     GRAD_LS=grad and kind in (1, 3) and not (rescale and mode == 1),
                                                      FP64=False, BLOCK_R=1, BLOCK_D=4096))
-    build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=1, LS_MODE=1, GRAD_X=True, GRAD_LS=True, FP64=True,
+    build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=1, LS_MODE=1, GRAD_X=True, GRAD_LS=True, RESCALE=False, FP64=True,
                                                        BLOCK_R=16, BLOCK_D=256))
     for dtype in ("fp32", "bf16", "fp64"):
         build(lik.scale_rows_kernel, {"*": f"*{dtype}", "g_ptr": "*fp32"}, dict(FP64=dtype == "fp64", BLOCK_R=1, BLOCK_D=4096))

@@ -174,6 +174,14 @@ def _sample_args():
         (t(3, 4, seed=9, rg=False), t(seed=10, rg=False)),
         (t(2, 3, 4, seed=9, rg=False), t(2, seed=10, rg=False)),
     ]
+    half = torch.bfloat16
+    s["nll_rescale_"] = [
+        (t(3, 4, seed=9, rg=False).to(half), torch.empty(0), t(3, 4, seed=6, rg=False), t(3, 4, seed=7, rg=False),
+         None, 0.0, kinds["mse"], reductions["none"], t(3, seed=10, rg=False)),
+        (t(3, 4, seed=9, rg=False).to(half), t(3, 4, seed=11, rg=False).to(half), t(3, 4, seed=6, rg=False),
+         t(3, 4, seed=7, rg=False), t(3, 4, seed=8, rg=False), 0.0, kinds["gaussian"], reductions["mean"],
+         t(seed=10, rg=False)),
+    ]
     return s
 
 

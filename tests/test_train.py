@@ -229,6 +229,39 @@ def test_resume_after_sigkill(tmp_path):
     assert without_timings(metrics(ref)["history"]) == without_timings(metrics(out)["history"])
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
+    """SIGTERM (a preempted job) stops after the current step, writes a checkpoint there and exits
+    128 + 15; the run then resumes exactly."""
+    out, ref = tmp_path / "stopped", tmp_path / "reference"
+    args = [*TINY, "--hidden", 16, "--batch-size", 4, "--steps", 100000, "--checkpoint-every", 1000,
+            "--log-every", 1000, "--no-plots", "--threads", 1]
+    env = dict(os.environ, FASTVAE_BACKEND="torch", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae", "train", *map(str, args), "--out", str(out)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists():  # the folder appears once training is about to start
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped at step" in stdout and "SIGTERM" in stdout and "--resume" in stdout
+    m = metrics(out)
+    stopped_at = m["step"]
+    assert m["status"] == "signal SIGTERM" and load_checkpoint(str(out))["step"] == stopped_at >= 1
+    assert run_cli("--resume", out, "--steps", stopped_at + 2) == 0
+    ref_args = list(args)
+    ref_args[ref_args.index("--steps") + 1] = stopped_at + 2
+    assert run_cli(*ref_args, "--out", ref) == 0
+    assert_same_params(params(ref), params(out))
+
+
 def test_resume_of_a_finished_run_trains_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(*TINY, "--steps", 2, "--no-plots", "--out", out) == 0
@@ -242,7 +275,8 @@ def test_python_api_train(tmp_path):
     config = TrainConfig(model="mlp", hidden=(16,), latent_dim=2, batch_size=4, steps=2, plots=False)
     result = train(config, out=str(tmp_path / "run"), log=lambda *_: None)
     assert result.status == "finished" and result.step == 2 and result.exit_code == 0
-    assert result.metrics["step"] == 2 and not result.model.training or result.model is not None
+    assert result.metrics["step"] == 2 and isinstance(result.model, torch.nn.Module)
+    assert os.path.exists(os.path.join(result.out, CHECKPOINT_NAME))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -300,6 +334,13 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys):
     before = snapshot(out)
     status = run_cli(*TINY, "--steps", 2, "--no-plots", "--out", out)
     assert_error(capsys, status, "not empty", "--resume", "--overwrite")
+    assert snapshot(out) == before
+    # nor by a run resumed from another folder's checkpoint
+    other = tmp_path / "other"
+    assert run_cli(*TINY, "--steps", 1, "--no-plots", "--out", other) == 0
+    capsys.readouterr()
+    status = run_cli("--resume", other, "--out", out, "--steps", 2)
+    assert_error(capsys, status, "not empty")
     assert snapshot(out) == before
     # --overwrite replaces fastvae's files and leaves the others
     assert run_cli(*TINY, "--steps", 3, "--no-plots", "--out", out, "--overwrite") == 0

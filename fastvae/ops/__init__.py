@@ -5,7 +5,7 @@ Triton kernels in ``kernels/`` (or the PyTorch implementation of the same math).
 """
 from ._backend import backend_setting, use_triton
 from .latent import draw_seed, latent_backward, latent_forward
-from .likelihoods import KINDS, REDUCTIONS, nll_forward, scale_rows_
+from .likelihoods import KINDS, REDUCTIONS, nll_forward, nll_rescale_, scale_rows_
 
 #: Every custom op fastvae registers, for ``torch.library.opcheck`` and the docs.
 CUSTOM_OPS = (
@@ -13,9 +13,10 @@ CUSTOM_OPS = (
     latent_backward,
     nll_forward,
     scale_rows_,
+    nll_rescale_,
 )
 
 __all__ = [
     "CUSTOM_OPS", "KINDS", "REDUCTIONS", "backend_setting", "draw_seed", "latent_backward",
-    "latent_forward", "nll_forward", "scale_rows_", "use_triton",
+    "latent_forward", "nll_forward", "nll_rescale_", "scale_rows_", "use_triton",
 ]

@@ -81,6 +81,21 @@ def kernels(name: str):
     return importlib.import_module(f"fastvae._kernels.{name}")
 
 
+def without_autocast(fn):
+    """Run a PyTorch-path implementation with autocast off: the losses compute in float32 (or
+    float64) as torch's own losses do, whatever autocast would pick for the ops inside."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+            with torch.autocast(device.type, enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

@@ -1,8 +1,10 @@
 """The PyTorch twin of ``kernels/random.py``: the same Philox4x32-10 normals, bit for bit in the
 integer part, so both backends draw the same noise for the same seed.
 
-Integers are held in int64 tensors and masked to 32 bits; the 32x32 -> 64-bit products that
-Philox needs are split in 16-bit halves so nothing overflows int64.
+Integers are held in int64 tensors and masked to 32 bits.  The 32x32 -> 64-bit products that
+Philox needs are taken modulo 2^64 in int64 (two's complement), whose low 64 bits are the
+unsigned product's: the high word is ``(p >> 32) & (2^32 - 1)`` and the low word ``p & (2^32 - 1)``.
+``tests/test_rng.py`` pins this against the Triton kernels' noise.
 """
 from __future__ import annotations
 
@@ -19,11 +21,8 @@ _KEY_B = 0xBB67AE85
 
 def _mulhilo(a: torch.Tensor, const: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) 32-bit halves of a * const for a in [0, 2^32)."""
-    hi_part = (a >> 16) * const          # < 2^48
-    lo_part = (a & 0xFFFF) * const       # < 2^48
-    hi = (hi_part + (lo_part >> 16)) >> 16
-    lo = (((hi_part & 0xFFFF) << 16) + lo_part) & _MASK32
-    return hi, lo
+    product = a * const
+    return (product >> 32) & _MASK32, product & _MASK32
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
@@ -68,11 +67,17 @@ def philox_normal(seed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 def exp_m1_m(x: torch.Tensor) -> torch.Tensor:
-    """exp(x) - 1 - x, accurate near 0: the same series as ``kernels.latent._exp_m1_m``."""
-    last = 18 if x.dtype == torch.float64 else 9
+    """exp(x) - 1 - x without the cancellation of the direct form near 0.
+
+    float32 input: ``expm1(x) - x`` evaluated in float64, whose rounding error is far below
+    float32's.  float64 input: the Taylor series for |x| < 1/2, as in ``kernels.latent._exp_m1_m``.
+    """
+    if x.dtype != torch.float64:
+        wide = x.to(torch.float64)
+        return (torch.expm1(wide) - wide).to(x.dtype)
     term = 0.5 * x * x
     series = term
-    for k in range(3, last + 1):
+    for k in range(3, 19):
         term = term * (x * (1.0 / k))
         series = series + term
     return torch.where(x.abs() < 0.5, series, torch.expm1(x) - x)

@@ -89,6 +89,7 @@ def _noise(mu, eps, seed, dtype):
     return philox_normal(seed, B, D).to(dtype).reshape(mu.shape)
 
 
+@_backend.without_autocast
 def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl):
     dtype = _compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)
@@ -104,6 +105,7 @@ def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl):
     return z, kl
 
 
+@_backend.without_autocast
 def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl):
     dtype = _compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)

@@ -62,45 +62,63 @@ def _empty(like: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _triton_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls):
     B = x.shape[0]
-    x2, t2 = _backend.as_rows(x), _backend.as_rows(target)
-    D = x2.shape[1]
     dtype = _compute_dtype(x, target, log_scale)
-    fp64 = dtype == torch.float64
     mode = _ls_mode(log_scale)
-    if fp64 and mode == LS_FLOAT and kind in (1, 3):
-        # A float argument reaches the kernel as float32; float64 math wants the exact value.
-        log_scale, mode = torch.full((), log_scale_value, dtype=dtype, device=x.device), LS_SCALAR
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if grad_x else _empty(x, x.dtype)
-    if B == 0 or D == 0:
+    if B == 0 or x[0].numel() == 0:
         rows = torch.zeros((B,), dtype=dtype, device=x.device)
-        if grad_x:
-            gx.zero_()
+        gx.zero_()
         gls = _empty(x, dtype)
         if grad_ls:
             gls = torch.zeros_like(log_scale) if mode == LS_ELEMENT else torch.zeros((B,), dtype=dtype, device=x.device)
         return _reduce(rows, reduction), gx, gls
-    tiles = _backend.tiling(B, D, x.device)
+    tiles = _backend.tiling(B, x[0].numel(), x.device)
     partial = torch.empty((B, tiles.n_split), dtype=dtype, device=x.device)
-    ls2 = _backend.as_rows(log_scale) if mode == LS_ELEMENT else log_scale
     if grad_ls:
-        if mode == LS_ELEMENT:
-            gls = torch.empty(log_scale.shape, dtype=log_scale.dtype, device=x.device)
-        else:
-            gls = torch.empty((B, tiles.n_split), dtype=dtype, device=x.device)
+        shape = log_scale.shape if mode == LS_ELEMENT else (B, tiles.n_split)
+        gls = torch.empty(shape, dtype=log_scale.dtype if mode == LS_ELEMENT else dtype, device=x.device)
     else:
         gls = _empty(x, dtype)
-    _backend.kernels("likelihoods").nll_forward_kernel[tiles.grid](
-        x2, t2, ls2 if ls2 is not None else x2, partial, gx if grad_x else x2, gls if grad_ls else x2,
-        B, D, _backend.row_stride(x2), _backend.row_stride(t2),
-        _backend.row_stride(ls2) if mode == LS_ELEMENT else 0,
-        tiles.split_cols, tiles.n_split, float(log_scale_value), _grad_div(B, reduction),
-        KIND=kind, LS_MODE=mode, GRAD_X=grad_x, GRAD_LS=grad_ls, FP64=fp64,
-        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
-    )
+    _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles,
+                partial, gx, gls, grad=None)
     rows = partial[:, 0] if tiles.n_split == 1 else partial.sum(1)
     if grad_ls and mode == LS_SCALAR:
         gls = gls[:, 0] if tiles.n_split == 1 else gls.sum(1)
     return _reduce(rows, reduction), gx, gls
+
+
+def _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles, partial, gx, gls,
+                grad):
+    B = x.shape[0]
+    x2, t2 = _backend.as_rows(x), _backend.as_rows(target)
+    mode = _ls_mode(log_scale)
+    fp64 = _compute_dtype(x, target, log_scale) == torch.float64
+    if fp64 and mode == LS_FLOAT and kind in (1, 3):
+        # A float argument reaches the kernel as float32; float64 math wants the exact value.
+        log_scale, mode = torch.full((), log_scale_value, dtype=torch.float64, device=x.device), LS_SCALAR
+    ls2 = _backend.as_rows(log_scale) if mode == LS_ELEMENT else log_scale
+    _backend.kernels("likelihoods").nll_forward_kernel[tiles.grid](
+        x2, t2, ls2 if ls2 is not None else x2, partial if partial is not None else x2,
+        gx if grad_x else x2, gls if grad_ls else x2, grad if grad is not None else x2,
+        B, x2.shape[1], _backend.row_stride(x2), _backend.row_stride(t2),
+        _backend.row_stride(ls2) if mode == LS_ELEMENT else 0,
+        grad.stride(0) if grad is not None and grad.dim() else 0,
+        tiles.split_cols, tiles.n_split, float(log_scale_value), _grad_div(B, reduction),
+        KIND=kind, LS_MODE=mode, GRAD_X=grad_x, GRAD_LS=grad_ls, RESCALE=grad is not None, FP64=fp64,
+        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
+    )
+
+
+def _triton_rescale(gx, gls, x, target, log_scale, log_scale_value, kind, reduction, grad):
+    """Backward for half-precision buffers: rows with grad != 1 recomputed with grad folded in."""
+    B = x.shape[0]
+    if B == 0 or x[0].numel() == 0:
+        return
+    grad_x = gx.numel() > 0
+    grad_ls = gls.numel() > 0 and _ls_mode(log_scale) == LS_ELEMENT
+    tiles = _backend.tiling(B, x[0].numel(), x.device)
+    _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles,
+                None, gx, gls, grad=grad)
 
 
 def _triton_scale_rows(buf: Tensor, grad: Tensor) -> None:
@@ -119,57 +137,74 @@ def _triton_scale_rows(buf: Tensor, grad: Tensor) -> None:
 # ----------------------------------------------------------------------------- PyTorch path
 
 
-def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls):
-    B = x.shape[0]
+@_backend.without_autocast
+def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale=None):
+    # Written for few passes over memory (each torch op is one): row sums of squares go through
+    # vecdot, temporaries are updated in place, and nothing is built with torch.where.
+    B, D = x.shape[0], math.prod(x.shape[1:])
     dtype = _compute_dtype(x, target, log_scale)
-    xx = x.to(dtype).reshape(B, math.prod(x.shape[1:]))
-    tt = target.to(dtype).reshape(xx.shape)
+    xx = x.to(dtype).reshape(B, D)
+    tt = target.to(dtype).reshape(B, D)
     mode = _ls_mode(log_scale)
-    s = log_scale.to(dtype).reshape(xx.shape) if mode == LS_ELEMENT else (
-        log_scale.to(dtype) if mode == LS_SCALAR else log_scale_value)
-    div = _grad_div(B, reduction)
+    inv_div = 1.0 / _grad_div(B, reduction)
+    if grad_scale is not None:  # backward's grad_output, folded in before rounding to x's dtype
+        inv_div = grad_scale.to(dtype).reshape((-1, 1) if grad_scale.dim() else ()) * inv_div
     gx = gls = None
     if kind == 0:
-        # softplus(x) - x t  ==  max(x, 0) - x t + log1p(exp(-|x|)); softplus switches to x past 20.
-        loss = F.softplus(xx) - xx * tt
+        # x - x t - logsigmoid(x)  ==  max(x, 0) - x t + log1p(exp(-|x|)), stable for any logit.
+        buf = F.logsigmoid(xx).neg_().add_(xx).addcmul_(xx, tt, value=-1.0)
+        rows = buf.sum(1)
         if grad_x:
-            gx = torch.sigmoid(xx).sub_(tt)
+            # The loss buffer is ours and spent: the gradient reuses its memory.
+            gx = torch.sigmoid(xx, out=buf).sub_(tt).mul_(inv_div)
     elif kind == 2:
         diff = xx - tt
-        loss = diff * diff
+        rows = torch.linalg.vecdot(diff, diff)
         if grad_x:
-            gx = diff * 2.0
+            gx = diff.mul_(2.0 * inv_div)
+    elif mode == LS_ELEMENT:
+        s = log_scale.to(dtype).reshape(B, D)
+        inv_sigma = torch.exp(-s)
+        d = (xx - tt).mul_(inv_sigma)
+        if kind == 1:
+            rows = 0.5 * torch.linalg.vecdot(d, d) + s.sum(1) + D * _HALF_LOG_2PI
+            if grad_ls:
+                gls = torch.addcmul(torch.ones_like(d), d, d, value=-1.0).mul_(inv_div)
+            if grad_x:
+                gx = d.mul_(inv_sigma).mul_(inv_div)
+        else:
+            a = d.abs()
+            rows = a.sum(1) + s.sum(1) + D * _LOG_2
+            if grad_ls:
+                gls = a.neg_().add_(1.0).mul_(inv_div)
+            if grad_x:
+                gx = torch.sign(d).mul_(inv_sigma).mul_(inv_div)
     else:
-        inv_sigma = torch.exp(-s) if mode != LS_FLOAT else math.exp(-s)
+        s = log_scale.to(dtype) if mode == LS_SCALAR else log_scale_value
+        inv_sigma = torch.exp(-s) if mode == LS_SCALAR else math.exp(-s)
         diff = xx - tt
         if kind == 1:
-            d = diff * inv_sigma
-            loss = 0.5 * d * d + (s + _HALF_LOG_2PI)
-            if grad_x:
-                gx = d * inv_sigma
+            d = diff.mul_(inv_sigma)
+            squares = torch.linalg.vecdot(d, d)
+            rows = 0.5 * squares + D * (s + _HALF_LOG_2PI)
             if grad_ls:
-                gls = 1.0 - d * d
-        else:
-            a = diff.abs() * inv_sigma
-            loss = a + (s + _LOG_2)
+                gls = D - squares            # per-row sums of 1 - d^2
             if grad_x:
-                gx = torch.sign(diff) * inv_sigma
-            if grad_ls:
-                gls = 1.0 - a
-    rows = loss.sum(1)
-    if gx is not None:
-        if div != 1:
-            gx = gx.div_(div)
-        gx = gx.to(x.dtype).reshape(x.shape)
-    else:
-        gx = _empty(x, x.dtype)
-    if gls is not None:
-        if mode == LS_ELEMENT:
-            gls = (gls / div).to(log_scale.dtype).reshape(log_scale.shape)
+                gx = d.mul_(inv_sigma * inv_div)
         else:
-            gls = gls.sum(1)
-    else:
+            scaled = diff.abs().sum(1) * inv_sigma
+            rows = scaled + D * (s + _LOG_2)
+            if grad_ls:
+                gls = D - scaled             # per-row sums of 1 - |x - t| / b
+            if grad_x:
+                gx = torch.sign(diff).mul_(inv_sigma * inv_div)
+    if rows.dim() == 0:  # a per-row constant with D == 0 rows... keep the (B,) shape
+        rows = rows.expand(B)
+    gx = gx.to(x.dtype).reshape(x.shape) if gx is not None else _empty(x, x.dtype)
+    if gls is None:
         gls = _empty(x, dtype)
+    elif mode == LS_ELEMENT:
+        gls = gls.to(log_scale.dtype).reshape(log_scale.shape)
     return _reduce(rows, reduction), gx, gls
 
 
@@ -180,6 +215,18 @@ def _torch_scale_rows(buf: Tensor, grad: Tensor) -> None:
         buf.mul_(grad.to(buf.dtype) if buf.dtype != torch.float64 else grad)
     else:
         buf.mul_(grad.to(buf.dtype).reshape((-1,) + (1,) * (buf.dim() - 1)))
+
+
+def _torch_rescale(gx, gls, x, target, log_scale, log_scale_value, kind, reduction, grad):
+    if grad.dim() == 0 and grad.device.type == "cpu" and grad.item() == 1.0:
+        return
+    grad_ls = gls.numel() > 0 and _ls_mode(log_scale) == LS_ELEMENT
+    _, new_gx, new_gls = _torch_forward(x, target, log_scale, log_scale_value, kind, reduction,
+                                        gx.numel() > 0, grad_ls, grad_scale=grad)
+    if gx.numel():
+        gx.copy_(new_gx)
+    if grad_ls:
+        gls.copy_(new_gls)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -223,6 +270,22 @@ def _(buf, grad):
     return None
 
 
+@torch.library.custom_op("fastvae::nll_rescale_", mutates_args=("grad_x", "grad_log_scale"))
+def nll_rescale_(
+    grad_x: Tensor, grad_log_scale: Tensor, x: Tensor, target: Tensor, log_scale: Optional[Tensor],
+    log_scale_value: float, kind: int, reduction: int, grad: Tensor,
+) -> None:
+    """Backward for float16/bfloat16 buffers: recompute, with ``grad`` folded in before the one
+    rounding, the rows whose grad is not 1 (scaling the stored gradient would round twice)."""
+    impl = _triton_rescale if _backend.use_triton(x.device) else _torch_rescale
+    impl(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad)
+
+
+@nll_rescale_.register_fake
+def _(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad):
+    return None
+
+
 def _per_row(grad: Tensor, like: Tensor) -> Tensor:
     return grad.reshape((-1,) + (1,) * (like.dim() - 1)) if grad.dim() else grad
 
@@ -242,13 +305,7 @@ def _tracing(t: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(t) is not torch.Tensor
 
 
-def _scale(buf: Tensor, grad_out: Tensor, functional: bool) -> Tensor:
-    if functional:
-        return buf * _per_row(grad_out, buf).to(buf.dtype)
-    # .data: the in-place multiply must not bump the saved buffer's version, so that a retained
-    # graph can still unpack it on a second backward (which then recomputes, see below).
-    scale_rows_(buf.data, grad_out)
-    return buf
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _backward(ctx, grad_out, _grad_gx, _grad_gls):
@@ -256,15 +313,30 @@ def _backward(ctx, grad_out, _grad_gx, _grad_gls):
         return (None,) * 8
     x, target, log_scale, gx, gls = ctx.saved_tensors
     log_scale_value, kind, reduction, grad_x, grad_ls = ctx.args
-    functional = _tracing(grad_out)
-    if not functional:
+    element_ls = grad_ls and log_scale.dim() > 0
+    if _tracing(grad_out):
+        # Under torch.compile: functional, so the compiler sees (and may fuse) a plain multiply.
+        if grad_x:
+            gx = gx * _per_row(grad_out, gx).to(gx.dtype)
+        if element_ls:
+            gls = gls * _per_row(grad_out, gls).to(gls.dtype)
+    else:
         if ctx.consumed:
             # The first backward scaled the buffers in place: recompute them for this one.
             _, gx, gls = nll_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls)
         ctx.consumed = True
+        # In place through .data: the multiply must not bump the saved buffers' versions, so that a
+        # retained graph can still unpack them on a second backward (which recomputes, above).
+        if (grad_x and gx.dtype in _HALF) or (element_ls and gls.dtype in _HALF):
+            nll_rescale_(gx.data, gls.data if element_ls else gls.new_empty((0,)), x, target, log_scale,
+                         log_scale_value, kind, reduction, grad_out)
+        else:
+            if grad_x:
+                scale_rows_(gx.data, grad_out)
+            if element_ls:
+                scale_rows_(gls.data, grad_out)
     grad_input = grad_target = grad_log_scale = None
     if grad_x:
-        gx = _scale(gx, grad_out, functional)
         if ctx.needs_input_grad[0]:
             grad_input = gx
         if ctx.needs_input_grad[1] and kind != 0:
@@ -277,7 +349,7 @@ def _backward(ctx, grad_out, _grad_gx, _grad_gls):
             scale = grad_out / _grad_div(x.shape[0], reduction)
             grad_log_scale = (gls * scale).sum().to(log_scale.dtype)
         else:
-            grad_log_scale = _scale(gls, grad_out, functional)
+            grad_log_scale = gls
     return grad_input, grad_target, grad_log_scale, None, None, None, None, None
 
 

@@ -1,0 +1,282 @@
+"""The ``fastvae`` command: ``fastvae train`` (train a VAE, see :mod:`fastvae.train`) and
+``fastvae bench`` (time the fused ops, see :mod:`fastvae.bench`).
+
+``python -m fastvae ...`` is the same command.  Many GPUs: ``torchrun --nproc-per-node N -m fastvae train ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser", "train_config_from_args"]
+
+_TRAIN_EPILOG = """\
+examples:
+  fastvae train                                   # beta-VAE on procedural shapes (~2 min on a laptop CPU)
+  fastvae train --out runs/shapes --steps 20000 --batch-size 4096 --amp bf16 --compile   # on a GPU
+  fastvae train --data digits --model mlp --beta 1 --epochs 50
+  fastvae train --data images.npz:x --likelihood gaussian --learn-scale
+  fastvae train --target-rate 15                  # constrained beta: hold the KL at 15 nats
+  fastvae train --capacity 25 --capacity-steps 5000 --beta 100      # Burgess et al. capacity
+  fastvae train --resume runs/shapes --steps 40000                   # continue (exactly) and extend
+  torchrun --nproc-per-node 8 -m fastvae train --batch-size 8192     # DDP; --batch-size is global
+
+Without --steps/--epochs a run trains 3000 steps or 90 s, whichever comes first; --resume continues it.
+The output folder gets checkpoint.pt, metrics.json and PNGs (curves, reconstructions, traversals, samples).
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _widths(text: str) -> tuple:
+    try:
+        widths = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths such as 512,256, got {text!r}") \
+            from None
+    if not widths or any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"expected positive comma-separated layer widths, got {text!r}")
+    return widths
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fastvae train``.  Defaults live in :class:`fastvae.train.TrainConfig`; the
+    parser leaves options that were not given out of the namespace, so ``--resume`` can tell what the
+    user asked to change."""
+    from .train import AMP_MODES, BETA_SCHEDULES, DEFAULT_STEPS, DEFAULT_TIME_LIMIT, LIKELIHOODS, LOSS_BACKENDS, \
+        MODELS, SHAPES_STEPS_PER_EPOCH, TrainConfig
+
+    d = TrainConfig()
+    g = parser.add_argument_group("data and model")
+    g.add_argument("--data", metavar="NAME|FILE", help=f"'shapes' (procedural dSprites-like 64x64 sprites), 'digits' (scikit-learn's 8x8 "
+                                  f"digits) or a .npy/.npz file ('file.npz:key' for one array); default {d.data}")
+    g.add_argument("--model", choices=MODELS, help="conv (Burgess et al. 2018, 32x32 or 64x64 images) or mlp; "
+                                                   "default auto: conv when the images fit it, else mlp")
+    g.add_argument("--latent-dim", type=_positive_int, metavar="N", help=f"size of z (default {d.latent_dim})")
+    g.add_argument("--hidden", type=_widths, metavar="W1,W2,..", help=f"mlp layer widths, e.g. 512,256 (default "
+                                                  f"{','.join(map(str, d.hidden))})")
+    g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"decoder likelihood (default {d.likelihood})")
+    g.add_argument("--log-scale", type=_float, metavar="X", help="gaussian/laplace: fixed log of the decoder scale (default 0)")
+    g.add_argument("--learn-scale", action="store_true", help="gaussian/laplace: learn the decoder scale")
+
+    g = parser.add_argument_group("objective: loss = distortion + beta * rate  (or beta * |rate - C|)")
+    g.add_argument("--beta", type=_float, metavar="X", help=f"weight of the rate (default {d.beta:g}); the gamma of a capacity "
+                                               "run; the initial beta of a constrained one")
+    g.add_argument("--beta-schedule", choices=BETA_SCHEDULES,
+                   help="constant, warmup (linear from --beta-start), cyclical (Fu et al. 2019) or constrained "
+                        "(dual ascent to --target-rate); default warmup, or constrained with --target-rate")
+    g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N", help=f"warmup: steps to reach --beta (default {d.warmup_steps})")
+    g.add_argument("--beta-start", type=_float, metavar="X", help="warmup: beta at step 0 (default 0)")
+    g.add_argument("--cycle-steps", type=_positive_int, metavar="N", help=f"cyclical: steps per cycle (default {d.cycle_steps})")
+    g.add_argument("--cycle-ratio", type=_float, metavar="X", help="cyclical: fraction of a cycle spent ramping (default 0.5)")
+    g.add_argument("--n-cycles", type=_positive_int, metavar="N", help="cyclical: cycles before beta stays at --beta")
+    g.add_argument("--target-rate", type=_float, metavar="X", help="constrained beta: the KL to hold, in nats per sample")
+    g.add_argument("--beta-lr", type=_float, metavar="X", help=f"constrained beta: step of log(beta) per nat of excess rate "
+                                                  f"(default {d.beta_lr:g})")
+    g.add_argument("--beta-alpha", type=_float, metavar="X", help="constrained beta: moving average of the constraint, in [0, 1)")
+    g.add_argument("--capacity", type=_float, metavar="X", help="capacity C in nats (Burgess et al. 2018): beta * |rate - C|")
+    g.add_argument("--capacity-steps", type=_nonneg_int, metavar="N", help="steps over which C ramps from 0 (default 0)")
+    g.add_argument("--loss-backend", choices=LOSS_BACKENDS,
+                   help="fastvae (fused ops, default) or torch: the same training with the loss written in eager "
+                        "PyTorch (BCE-with-logits + KL formula), for comparison")
+
+    g = parser.add_argument_group("optimization")
+    g.add_argument("--batch-size", type=_positive_int, metavar="N", help=f"global batch, split across processes "
+                                                            f"(default {d.batch_size})")
+    g.add_argument("--lr", type=_float, metavar="X", help=f"Adam learning rate (default {d.lr:g})")
+    g.add_argument("--lr-warmup", type=_nonneg_int, metavar="N",
+                   help=f"steps of linear learning-rate warm-up from 0 (default {d.lr_warmup})")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive_int, metavar="N", help="training steps (total, counting resumed ones)")
+    budget.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (total)")
+    g.add_argument("--steps-per-epoch", type=_positive_int, metavar="N",
+                   help=f"steps per epoch (default: len(data) // batch size; {SHAPES_STEPS_PER_EPOCH} for the endless "
+                        "shapes stream)")
+    g.add_argument("--time-limit", type=_float, metavar="X", help="stop after this many seconds of training, with a checkpoint "
+                                                     f"(default: {DEFAULT_TIME_LIMIT:g} s when neither --steps nor "
+                                                     f"--epochs is given, then at most {DEFAULT_STEPS} steps)")
+    g.add_argument("--seed", type=int, metavar="N", help="seed of the initialization, data order and noise (default 0)")
+
+    g = parser.add_argument_group("hardware")
+    g.add_argument("--device", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each process "
+                                    "takes cuda:LOCAL_RANK")
+    g.add_argument("--amp", choices=AMP_MODES, help="bf16: run the model under torch.autocast(bfloat16) "
+                                                    "(default none)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model and loss step")
+    g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
+
+    g = parser.add_argument_group("output")
+    g.add_argument("--out", metavar="FOLDER", help="output folder (default runs/<date-time>); must be new or empty unless --resume "
+                                 "or --overwrite")
+    g.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                   help="continue a run exactly from its checkpoint: a run folder or checkpoint file (default: --out)")
+    g.add_argument("--overwrite", action="store_true", help="train into a non-empty --out, replacing its results")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help=f"steps between checkpoints (default {d.checkpoint_every}; also at the end and on a stop)")
+    g.add_argument("--log-every", type=_positive_int, metavar="N", help=f"steps between metric readings (default {d.log_every})")
+    g.add_argument("--no-plots", dest="plots", action="store_false", help="do not write the PNGs")
+    g.add_argument("--progress", choices=("auto", "bar", "plain"),
+                   help="progress bar, plain log lines, or auto: a bar when stdout is a terminal")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastvae", description="fastvae: fused Triton kernels for training VAEs.",
+        epilog="Run 'fastvae train -h' or 'fastvae bench -h' for the options of a command.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,bench}")
+    train = sub.add_parser(
+        "train", help="train a VAE (default: a beta-VAE on procedural shapes) and plot what it learned",
+        description="Train a VAE with fastvae's fused loss and write checkpoints, metrics.json and plots.",
+        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS)
+    add_train_arguments(train)
+    sub.add_parser("bench", help="time fastvae's ops against eager PyTorch and torch.compile", add_help=False)
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """(TrainConfig, names of the options given) from a parsed ``fastvae train`` namespace."""
+    from .train import TrainConfig
+
+    config = TrainConfig()
+    explicit = set()
+    for name in [f.name for f in __import__("dataclasses").fields(TrainConfig)]:
+        if hasattr(args, name):
+            setattr(config, name, getattr(args, name))
+            explicit.add(name)
+    return config, explicit
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .train import TrainError, train
+
+    config, explicit = train_config_from_args(args)
+    progress = {"bar": True, "plain": False}.get(getattr(args, "progress", "auto"))
+    try:
+        result = train(config, out=getattr(args, "out", None), resume=getattr(args, "resume", None),
+                       overwrite=getattr(args, "overwrite", False), explicit=explicit, progress=progress)
+    except (TrainError, DataError) as exc:
+        print(f"fastvae train: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an optional dependency of the chosen data (scikit-learn for digits)
+        print(f"fastvae train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastvae train: interrupted", file=sys.stderr)
+        return 130
+    return result.exit_code
+
+
+def _run_bench(argv: Sequence[str]) -> int:
+    try:
+        from . import bench
+    except ImportError as exc:
+        print(f"fastvae bench: error: the benchmark runner (fastvae.bench) cannot be imported: {exc}",
+              file=sys.stderr)
+        return 2
+    if hasattr(bench, "main"):
+        status = bench.main(list(argv))
+    elif hasattr(bench, "add_arguments") and hasattr(bench, "run"):
+        parser = argparse.ArgumentParser(prog="fastvae bench")
+        bench.add_arguments(parser)
+        status = bench.run(parser.parse_args(list(argv)))
+    else:
+        print("fastvae bench: error: fastvae.bench has no main(argv) or add_arguments/run", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+def _device_option(argv: Sequence[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--device="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
+def _reexec_with_passive_omp(argv: Sequence[str]) -> None:
+    """Restart a CPU ``fastvae train`` with ``OMP_WAIT_POLICY=PASSIVE``, unless the variable is set.
+
+    PyTorch's OpenMP threads spin while they wait for work.  On a machine whose cores are shared
+    with other processes a spinning thread holds a core that the thread it waits for needs, and a
+    training step of the default run was measured 5-10x slower with 2 threads than with 1 on a busy
+    2-core machine; with passive waiting 2 threads were faster again.  The OpenMP runtime reads the
+    policy once, when torch is imported (before any code of ours runs), hence the restart.  Only
+    the command does this (``main()`` called without arguments), never a library call, and not
+    under torchrun (which sets OMP_NUM_THREADS=1 anyway).
+    """
+    if os.name != "posix" or "OMP_WAIT_POLICY" in os.environ or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return
+    if not argv or argv[0] != "train" or "-h" in argv or "--help" in argv:
+        return
+    device = _device_option(argv)
+    if device.startswith("cuda") or (device == "auto" and _cuda_available()):
+        return
+    orig_argv = getattr(sys, "orig_argv", None)
+    if not orig_argv:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, list(orig_argv), dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+    except OSError:
+        return  # carry on with the active policy
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``fastvae`` console script; returns the exit status."""
+    if argv is None:
+        _reexec_with_passive_omp(sys.argv[1:])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        # bench parses its own options (its parser is defined next to the benchmarks).
+        return _run_bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return _run_train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
