@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Optional, Sequence
@@ -171,11 +172,19 @@ def train_config_from_args(args: argparse.Namespace):
 
     config = TrainConfig()
     explicit = set()
-    for name in [f.name for f in __import__("dataclasses").fields(TrainConfig)]:
+    for name in [f.name for f in dataclasses.fields(TrainConfig)]:
         if hasattr(args, name):
             setattr(config, name, getattr(args, name))
             explicit.add(name)
     return config, explicit
+
+
+def _log(message: str) -> None:
+    """print, flushed; if stdout is a closed pipe (``fastvae train | head``) training goes on silently."""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -186,7 +195,8 @@ def _run_train(args: argparse.Namespace) -> int:
     progress = {"bar": True, "plain": False}.get(getattr(args, "progress", "auto"))
     try:
         result = train(config, out=getattr(args, "out", None), resume=getattr(args, "resume", None),
-                       overwrite=getattr(args, "overwrite", False), explicit=explicit, progress=progress)
+                       overwrite=getattr(args, "overwrite", False), explicit=explicit, progress=progress,
+                       log=_log)
     except (TrainError, DataError) as exc:
         print(f"fastvae train: error: {exc}", file=sys.stderr)
         return 2

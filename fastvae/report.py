@@ -27,15 +27,29 @@ _TRAVERSAL_STEPS = 11
 _ACTIVE_KL = 0.1  # nats: below this a latent dimension is reported as inactive (collapsed to the prior)
 
 
-def _pyplot():
+class _Figures:
+    """``figure``/``subplots`` made on :class:`matplotlib.figure.Figure` directly rather than through
+    pyplot: no global backend switch and no figure manager, so a caller's interactive session or
+    notebook backend is left alone; ``savefig`` renders the PNGs with Agg."""
+
+    def __init__(self):
+        from matplotlib.figure import Figure
+
+        self._figure_class = Figure
+
+    def figure(self, figsize):
+        return self._figure_class(figsize=figsize)
+
+    def subplots(self, nrows, ncols, figsize, **kwargs):
+        fig = self._figure_class(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _figures() -> Optional[_Figures]:
     try:
-        import matplotlib
+        return _Figures()
     except ImportError:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _is_image(sample_shape) -> bool:
@@ -74,14 +88,14 @@ def _title(metrics: dict) -> str:
 # ----------------------------------------------------------------------------- curves
 
 
-def plot_curves(metrics: dict, path: str, plt=None) -> Optional[str]:
+def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
     """Loss, distortion, rate and beta against the step (the ``history`` of ``metrics.json``)."""
-    plt = plt or _pyplot()
+    figures = figures or _figures()
     history = metrics.get("history") or []
-    if plt is None or not history:
+    if figures is None or not history:
         return None
     steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    fig, axes = figures.subplots(2, 2, figsize=(11, 7), sharex=True)
     style = dict(marker="o" if len(steps) < 3 else None, linewidth=1.5)
     panels = [
         (axes[0, 0], "loss", "loss (nats)", "Loss = distortion + beta x rate", "tab:blue"),
@@ -123,7 +137,6 @@ def plot_curves(metrics: dict, path: str, plt=None) -> Optional[str]:
     fig.suptitle(_title(metrics) + speed_text, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -154,11 +167,11 @@ def _montage(tiles: Tensor, rows: int, cols: int, pad: int = _PAD) -> "object":
     return grid.numpy()
 
 
-def _figure(plt, grid, *, scale: float, extra_w: float = 0.0, extra_h: float = 0.0):
+def _figure(figures, grid, *, scale: float, extra_w: float = 0.0, extra_h: float = 0.0):
     """A figure sized so one image pixel is ``scale`` points wide, with room around the montage."""
     h, w = grid.shape[:2]
     width, height = w * scale / 72 + extra_w, h * scale / 72 + extra_h
-    fig = plt.figure(figsize=(width, height))
+    fig = figures.figure(figsize=(width, height))
     return fig, width, height
 
 
@@ -170,10 +183,10 @@ def _hide_frame(ax) -> None:
 
 @torch.no_grad()
 def plot_reconstructions(model: nn.Module, x: Tensor, path: str, value_range=(0.0, 1.0), title: str = "",
-                         plt=None, columns: int = 8) -> Optional[str]:
+                         figures=None, columns: int = 8) -> Optional[str]:
     """Rows of inputs, each followed by a row of their reconstructions (``z = mu``)."""
-    plt = plt or _pyplot()
-    if plt is None:
+    figures = figures or _figures()
+    if figures is None:
         return None
     recon = model.reconstruct(x)
     n = x.shape[0]
@@ -189,7 +202,7 @@ def plot_reconstructions(model: nn.Module, x: Tensor, path: str, value_range=(0.
         rows = 2 * blocks
         grid = _montage(torch.stack(tiles), rows, columns, pad=_PAD)
         tile_h = x.shape[-2] + _PAD
-        fig, width, height = _figure(plt, grid, scale=1.5 if x.shape[-1] >= 32 else 6.0, extra_w=1.4, extra_h=0.9)
+        fig, width, height = _figure(figures, grid, scale=1.5 if x.shape[-1] >= 32 else 6.0, extra_w=1.4, extra_h=0.9)
         ax = fig.add_axes([1.3 / width, 0.1 / height, 1 - 1.4 / width, 1 - 1.0 / height])
         ax.imshow(grid, interpolation="nearest")
         ax.set_xticks([])
@@ -199,7 +212,7 @@ def plot_reconstructions(model: nn.Module, x: Tensor, path: str, value_range=(0.
         fig.text(0.5, 1 - 0.1 / height, title or "Inputs and their reconstructions", ha="center", va="top",
                  fontsize=11)
     else:  # vectors: input and reconstruction as curves over the feature index
-        fig, axes = plt.subplots(blocks, columns, figsize=(2.2 * columns, 1.9 * blocks + 0.6), squeeze=False)
+        fig, axes = figures.subplots(blocks, columns, figsize=(2.2 * columns, 1.9 * blocks + 0.6), squeeze=False)
         for i in range(blocks * columns):
             ax = axes[i // columns, i % columns]
             if i >= n:
@@ -213,17 +226,16 @@ def plot_reconstructions(model: nn.Module, x: Tensor, path: str, value_range=(0.
         fig.suptitle(title or "Inputs and their reconstructions", fontsize=11)
         fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 @torch.no_grad()
 def plot_traversals(model: nn.Module, x: Tensor, kl_per_dim, path: str, value_range=(0.0, 1.0), title: str = "",
-                    plt=None, steps: int = _TRAVERSAL_STEPS, span: float = TRAVERSAL_RANGE) -> Optional[str]:
+                    figures=None, steps: int = _TRAVERSAL_STEPS, span: float = TRAVERSAL_RANGE) -> Optional[str]:
     """One row per latent dimension ``d`` (largest KL first): ``decode(mu + v e_d)`` for ``v`` in
     ``linspace(-span, span, steps)``, ``mu`` the posterior mean of the single input ``x`` ``(1, ...)``."""
-    plt = plt or _pyplot()
-    if plt is None or not _is_image(tuple(x.shape[1:])):
+    figures = figures or _figures()
+    if figures is None or not _is_image(tuple(x.shape[1:])):
         return None
     mu, _ = model.encode(x[:1])
     latent = mu.shape[1]
@@ -237,7 +249,7 @@ def plot_traversals(model: nn.Module, x: Tensor, kl_per_dim, path: str, value_ra
     tile_h, tile_w = x.shape[-2] + _PAD, x.shape[-1] + _PAD
     scale = 1.25 if x.shape[-1] >= 32 else 5.0
     label_w, head_h = 1.6, 1.1
-    fig, width, height = _figure(plt, grid, scale=scale, extra_w=label_w + 0.2, extra_h=head_h + 0.15)
+    fig, width, height = _figure(figures, grid, scale=scale, extra_w=label_w + 0.2, extra_h=head_h + 0.15)
     ax = fig.add_axes([label_w / width, 0.15 / height, 1 - (label_w + 0.2) / width, 1 - (head_h + 0.15) / height])
     ax.imshow(grid, interpolation="nearest")
     ax.xaxis.tick_top()
@@ -262,23 +274,22 @@ def plot_traversals(model: nn.Module, x: Tensor, kl_per_dim, path: str, value_ra
     fig.text((label_w + (width - label_w - 0.2) / 2) / width, 1 - 0.12 / height, title or "Latent traversals",
              ha="center", va="top", fontsize=11)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 @torch.no_grad()
 def plot_samples(model: nn.Module, sample_shape, path: str, value_range=(0.0, 1.0), title: str = "",
-                 plt=None, n: int = 64, seed: int = 0) -> Optional[str]:
+                 figures=None, n: int = 64, seed: int = 0) -> Optional[str]:
     """A grid of decoder outputs for ``z ~ N(0, I)``."""
-    plt = plt or _pyplot()
-    if plt is None or not _is_image(tuple(sample_shape)):
+    figures = figures or _figures()
+    if figures is None or not _is_image(tuple(sample_shape)):
         return None
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     images = model.sample(n, generator=generator).reshape(n, *sample_shape)
     side = math.ceil(math.sqrt(n))
     grid = _montage(_display(images, value_range), math.ceil(n / side), side)
-    fig, width, height = _figure(plt, grid, scale=1.25 if sample_shape[-1] >= 32 else 5.0, extra_w=0.4,
+    fig, width, height = _figure(figures, grid, scale=1.25 if sample_shape[-1] >= 32 else 5.0, extra_w=0.4,
                                  extra_h=0.8)
     ax = fig.add_axes([0.2 / width, 0.1 / height, 1 - 0.4 / width, 1 - 0.9 / height])
     ax.imshow(grid, interpolation="nearest")
@@ -286,7 +297,6 @@ def plot_samples(model: nn.Module, sample_shape, path: str, value_range=(0.0, 1.
     fig.text(0.5, 1 - 0.1 / height, title or "Samples from the prior z ~ N(0, I)", ha="center", va="top",
              fontsize=11)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -296,8 +306,8 @@ def plot_samples(model: nn.Module, sample_shape, path: str, value_range=(0.0, 1.
 def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: int = 0,
                  log: Callable[[str], None] = print) -> list:
     """Write the PNGs of a run into ``out``; returns their paths (none without matplotlib)."""
-    plt = _pyplot()
-    if plt is None:
+    figures = _figures()
+    if figures is None:
         log("note: matplotlib is not installed, so no plots were written (pip install fastvae[plots])")
         return []
     from .train import eval_indices
@@ -313,19 +323,19 @@ def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: in
         indices = eval_indices(len(dataset), 16, seed, device)
         x = dataset.batch(indices)
         head = _title(metrics)
-        paths.append(plot_curves(metrics, os.path.join(out, "curves.png"), plt=plt))
+        paths.append(plot_curves(metrics, os.path.join(out, "curves.png"), figures=figures))
         paths.append(plot_reconstructions(model, x, os.path.join(out, "reconstructions.png"), value_range,
                                           title=f"Inputs and their reconstructions (decoded from z = mu)\n{head}",
-                                          plt=plt))
+                                          figures=figures))
         kl = (metrics.get("evaluation") or {}).get("kl_per_dim")
         if kl is None:
             mu, logvar = model.encode(x)
             kl = (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)).mean(0).tolist()
         paths.append(plot_traversals(
-            model, x[:1], kl, os.path.join(out, "traversals.png"), value_range, plt=plt,
+            model, x[:1], kl, os.path.join(out, "traversals.png"), value_range, figures=figures,
             title=f"Latent traversals: decode(mu + v e_d), v in [-{TRAVERSAL_RANGE}, {TRAVERSAL_RANGE}]; "
                   f"rows sorted by KL (nats)\n{head}"))
-        paths.append(plot_samples(model, tuple(x.shape[1:]), os.path.join(out, "samples.png"), value_range, plt=plt,
+        paths.append(plot_samples(model, tuple(x.shape[1:]), os.path.join(out, "samples.png"), value_range, figures=figures,
                                   seed=seed, title=f"Samples from the prior z ~ N(0, I)\n{head}"))
         if not _is_image(tuple(x.shape[1:])):
             log(f"note: samples of shape {tuple(x.shape[1:])} are not images; traversals and prior samples "
