@@ -104,6 +104,14 @@ def _check_generator(generator: Optional[torch.Generator], device: torch.device)
             raise ValueError(f"generator must be a generator for {device.type} tensors, got one for {generator.device}")
 
 
+def _check_row_offset(row_offset) -> int:
+    if isinstance(row_offset, bool) or not isinstance(row_offset, numbers.Integral):
+        raise TypeError(f"row_offset must be an int, got {type(row_offset).__name__}")
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be >= 0, got {row_offset}")
+    return int(row_offset)
+
+
 def _needs_grad(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -118,7 +126,7 @@ def _reduce(rows: Tensor, reduction: str) -> Tensor:
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
-                   generator: Optional[torch.Generator] = None) -> Tensor:
+                   generator: Optional[torch.Generator] = None, row_offset: int = 0) -> Tensor:
     r"""Sample :math:`z = \mu + e^{\text{logvar}/2} \odot \epsilon`, differentiably.
 
     Without ``eps`` the standard normal noise is generated inside the kernel from a Philox
@@ -128,6 +136,11 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
     Args:
         mu, logvar: ``(B, *)`` mean and log-variance of the diagonal Gaussian posterior.
         eps: optional ``(B, *)`` noise to use instead.
+        generator: the ``torch.Generator`` the seed is drawn from.
+        row_offset: index of row 0 in a larger batch. The noise of row ``r`` is that of row
+            ``row_offset + r`` of the larger batch for the same seed, so the shards of a
+            data-parallel job (same generator state on every rank, ``row_offset = rank * B``)
+            draw exactly the noise of one process on the whole batch.
     Returns:
         ``z`` with ``mu``'s shape and dtype.
     """
@@ -136,8 +149,9 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
     if eps is not None:
         _check_like("eps", eps, "mu", mu)
     _check_generator(generator, mu.device)
+    row_offset = _check_row_offset(row_offset)
     seed = draw_seed(mu.device, generator) if eps is None else None
-    z, _ = latent_forward(mu, logvar, eps, seed, True, False)
+    z, _ = latent_forward(mu, logvar, eps, seed, True, False, row_offset)
     return z
 
 
@@ -155,17 +169,20 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, *, reduction: str = "mean") -> Tenso
 
 
 def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
-                      generator: Optional[torch.Generator] = None, reduction: str = "mean") -> tuple[Tensor, Tensor]:
+                      generator: Optional[torch.Generator] = None, reduction: str = "mean",
+                      row_offset: int = 0) -> tuple[Tensor, Tensor]:
     """``(reparameterize(mu, logvar, eps), gaussian_kl(mu, logvar))`` in one pass over mu and logvar:
-    one kernel forward, one kernel backward."""
+    one kernel forward, one kernel backward.  ``generator`` and ``row_offset`` as in
+    :func:`reparameterize`."""
     _check_tensor("mu", mu)
     _check_like("logvar", logvar, "mu", mu)
     if eps is not None:
         _check_like("eps", eps, "mu", mu)
     _check_reduction(reduction)
     _check_generator(generator, mu.device)
+    row_offset = _check_row_offset(row_offset)
     seed = draw_seed(mu.device, generator) if eps is None else None
-    z, rows = latent_forward(mu, logvar, eps, seed, True, True)
+    z, rows = latent_forward(mu, logvar, eps, seed, True, True, row_offset)
     return z, _reduce(rows, reduction)
 
 

@@ -251,12 +251,14 @@ def _eager_terms(recon: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, likelihoo
 
 
 class _Objective(nn.Module):
-    """One training forward: encode, reparameterize with the given noise, decode, the beta-VAE loss.
+    """One training forward: encode, reparameterize, decode, the beta-VAE loss.
 
-    This module is what DDP wraps and ``--compile`` compiles.  ``eps`` is passed in (rather than
-    drawn inside the op from a generator) so that every rank uses its slice of the global batch's
-    noise; the fused op reads it once in forward and once in backward, ``(B, latent_dim)`` next to
-    the ``(B, C, H, W)`` images.
+    This module is what DDP wraps and ``--compile`` compiles.  The noise is generated inside the
+    fused op from a seed drawn from ``generator`` (re-seeded from ``(seed, step)`` every step, the
+    same on every rank) with ``row_offset`` = the rank's first row in the global batch, so each
+    rank draws exactly its rows of the noise one process would draw for the whole batch.  The
+    eager ``--loss-backend torch`` draws the same noise with fastvae's PyTorch Philox, so the two
+    backends run the same training and differ only in how the loss is computed.
 
     Returns ``(loss, loss_value, distortion, rate)``: ``loss`` is what is differentiated and
     ``loss_value`` the detached objective that is reported.  They differ only with a capacity across
@@ -273,16 +275,19 @@ class _Objective(nn.Module):
         self.backend = backend
         self.world_size = world_size
 
-    def forward(self, x: Tensor, eps: Tensor, beta, capacity) -> tuple:
+    def forward(self, x: Tensor, generator: torch.Generator, row_offset: int, beta, capacity) -> tuple:
         import fastvae as fv
+        from fastvae.ops import draw_seed
+        from fastvae.ops._philox import philox_normal
 
         model = self.model
         log_scale = model.log_scale if model.log_scale is not None else self.fixed_log_scale
         mu, logvar = model.encode(x)
-        eps = eps.to(mu.dtype)
         if self.backend == "fastvae":
-            z = fv.reparameterize(mu, logvar, eps)
+            z = fv.reparameterize(mu, logvar, generator=generator, row_offset=row_offset)
         else:
+            seed = draw_seed(mu.device, generator)
+            eps = philox_normal(seed, mu.shape[0], mu[0].numel(), row_offset).reshape(mu.shape).to(mu.dtype)
             z = mu + eps * torch.exp(0.5 * logvar)
         recon = model.decode(z).reshape(x.shape)
         global_capacity = capacity is not None and self.world_size > 1
@@ -984,11 +989,10 @@ class _Run:
         start = step * c.batch_size + d.rank * self.local_batch
         x = self.dataset.batch(self.stream.take(start, self.local_batch))
         self.noise_generator.manual_seed(_mix(c.seed, _NOISE_STREAM, step))
-        eps = torch.randn((c.batch_size, c.latent_dim), generator=self.noise_generator, device=self.device)
-        eps = eps[d.rank * self.local_batch:(d.rank + 1) * self.local_batch]
         beta, capacity = self._beta_value(), self._capacity_value()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.amp == "bf16"):
-            loss, value, distortion, rate = self.step_module(x, eps, beta, capacity)
+            loss, value, distortion, rate = self.step_module(x, self.noise_generator, d.rank * self.local_batch,
+                                                             beta, capacity)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if c.lr_warmup:

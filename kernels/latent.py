@@ -16,6 +16,8 @@ gradient of row r's KL (a stride-0 view when it is one value for every row):
     d/dlogvar = g_z * sigma * eps / 2 + g_r * (exp(logvar) - 1) / 2
 
 eps is regenerated from the same (seed, row, column) counters as in forward: never stored.
+``row_offset`` shifts the row counter, so a shard of a larger batch (one rank of a data-parallel
+job) draws exactly the noise of its rows in the whole batch.
 
 Bytes per element, s the element size (4 for float32, 2 for bfloat16):
     forward:  read mu, logvar (2s) [+ eps (s) when given], write z (s); the KL adds 4 bytes a row
@@ -53,7 +55,7 @@ def _exp_m1_m(x, FP64: tl.constexpr):
 @triton.jit
 def latent_forward_kernel(
     mu_ptr, logvar_ptr, eps_ptr, seed_ptr, z_ptr, kl_ptr,
-    B, D, mu_stride, logvar_stride, eps_stride, split_cols, n_split,
+    B, D, mu_stride, logvar_stride, eps_stride, split_cols, n_split, row_offset,
     HAS_EPS: tl.constexpr, WRITE_Z: tl.constexpr, COMPUTE_KL: tl.constexpr, FP64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -88,7 +90,7 @@ def latent_forward_kernel(
                 eps = tl.load(eps_ptr + rows2 * eps_stride + cols2, mask=mask, other=0.0)
             else:
                 groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
-                eps = philox_normal(seed, rows2, groups[None, :], BLOCK_D)
+                eps = philox_normal(seed, rows2 + row_offset, groups[None, :], BLOCK_D)
             if FP64:
                 eps = eps.to(tl.float64)
             else:
@@ -105,7 +107,7 @@ def latent_forward_kernel(
 @triton.jit
 def latent_backward_kernel(
     mu_ptr, logvar_ptr, eps_ptr, seed_ptr, gz_ptr, gkl_ptr, gmu_ptr, glv_ptr,
-    B, D, mu_stride, logvar_stride, eps_stride, gz_stride, gkl_stride, split_cols,
+    B, D, mu_stride, logvar_stride, eps_stride, gz_stride, gkl_stride, split_cols, row_offset,
     HAS_EPS: tl.constexpr, HAS_GZ: tl.constexpr, HAS_GKL: tl.constexpr, FP64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -145,7 +147,7 @@ def latent_backward_kernel(
                 eps = tl.load(eps_ptr + rows2 * eps_stride + cols2, mask=mask, other=0.0)
             else:
                 groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
-                eps = philox_normal(seed, rows2, groups[None, :], BLOCK_D)
+                eps = philox_normal(seed, rows2 + row_offset, groups[None, :], BLOCK_D)
             if FP64:
                 gz = gz.to(tl.float64)
                 eps = eps.to(tl.float64)

@@ -271,3 +271,32 @@ def test_noncontiguous_inputs_get_the_same_noise(backend):
     z_view = seeded(71, lambda: fv.reparameterize(mu_v, lv_v), backend.device)
     z_copy = seeded(71, lambda: fv.reparameterize(mu_v.contiguous(), lv_v.contiguous()), backend.device)
     torch.testing.assert_close(z_view, z_copy, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["reparameterize", "reparameterize_kl"])
+def test_row_offset_shards_draw_the_rows_of_the_whole_batch(backend, op):
+    """Two shards with row_offset 0 and B draw exactly the noise of one call on the 2B batch."""
+    dev = backend.device
+    mu = torch.randn(10, 7, device=dev)
+    logvar = torch.randn(10, 7, device=dev) * 0.3
+    fn = getattr(fv, op)
+
+    def z_of(m, lv, row_offset):
+        g = torch.Generator(device=dev).manual_seed(2024)
+        out = fn(m, lv, generator=g, row_offset=row_offset)
+        return out[0] if isinstance(out, tuple) else out
+
+    whole = z_of(mu, logvar, 0)
+    first = z_of(mu[:4], logvar[:4], 0)
+    second = z_of(mu[4:], logvar[4:], 4)
+    assert torch.equal(torch.cat([first, second]), whole)
+    # and an offset changes the noise: the shard is not simply the head of the batch
+    assert not torch.equal(z_of(mu[4:], logvar[4:], 0), second)
+
+
+def test_row_offset_is_checked():
+    mu = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="row_offset"):
+        fv.reparameterize(mu, mu, row_offset=-1)
+    with pytest.raises(TypeError, match="row_offset"):
+        fv.reparameterize_kl(mu, mu, row_offset=1.5)

@@ -39,14 +39,14 @@ def _uniform_open(x: torch.Tensor) -> torch.Tensor:
     return ((x >> 8).to(torch.float32) + 0.5) * 5.9604644775390625e-08
 
 
-def philox_normal(seed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+def philox_normal(seed: torch.Tensor, rows: int, cols: int, row_offset: int = 0) -> torch.Tensor:
     """float32 (rows, cols) standard normals; element (r, c) matches ``kernels.random.philox_normal``."""
     device = seed.device
     groups = -(-cols // 4)
     seed = seed.reshape(()).to(torch.int64)
     k0 = seed & _MASK32
     k1 = (seed >> 32) & _MASK32
-    r = torch.arange(rows, device=device, dtype=torch.int64)[:, None]
+    r = torch.arange(row_offset, row_offset + rows, device=device, dtype=torch.int64)[:, None]
     g = torch.arange(groups, device=device, dtype=torch.int64)[None, :]
     shape = (rows, groups)
     c0 = (g & _MASK32).expand(shape)

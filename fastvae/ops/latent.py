@@ -29,7 +29,7 @@ def _empty(like: Tensor, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------- Triton launchers
 
 
-def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl):
+def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
     B = mu.shape[0]
     mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
     D = mu2.shape[1]
@@ -44,7 +44,7 @@ def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl):
     _backend.kernels("latent").latent_forward_kernel[tiles.grid](
         mu2, lv2, eps2, seed if seed is not None else mu2, z if write_z else mu2, partial,
         B, D, _backend.row_stride(mu2), _backend.row_stride(lv2), _backend.row_stride(eps2),
-        tiles.split_cols, tiles.n_split,
+        tiles.split_cols, tiles.n_split, row_offset,
         HAS_EPS=eps is not None, WRITE_Z=write_z, COMPUTE_KL=compute_kl, FP64=fp64,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
@@ -54,7 +54,7 @@ def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl):
     return z, kl
 
 
-def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl):
+def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     B = mu.shape[0]
     mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
     D = mu2.shape[1]
@@ -71,7 +71,7 @@ def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl):
     _backend.kernels("latent").latent_backward_kernel[(tiles.grid[0], tiles.n_split)](
         mu2, lv2, eps2, seed if seed is not None else mu2, gz2, gkl, grad_mu, grad_lv,
         B, D, _backend.row_stride(mu2), _backend.row_stride(lv2), _backend.row_stride(eps2),
-        _backend.row_stride(gz2), gkl_stride, tiles.split_cols,
+        _backend.row_stride(gz2), gkl_stride, tiles.split_cols, row_offset,
         HAS_EPS=eps is not None, HAS_GZ=grad_z is not None, HAS_GKL=grad_kl is not None, FP64=fp64,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
@@ -81,20 +81,20 @@ def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl):
 # ----------------------------------------------------------------------------- PyTorch path
 
 
-def _noise(mu, eps, seed, dtype):
+def _noise(mu, eps, seed, dtype, row_offset):
     if eps is not None:
         return eps.to(dtype)
     B = mu.shape[0]
     D = mu[0].numel() if B else 0
-    return philox_normal(seed, B, D).to(dtype).reshape(mu.shape)
+    return philox_normal(seed, B, D, row_offset).to(dtype).reshape(mu.shape)
 
 
 @_backend.without_autocast
-def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl):
+def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
     dtype = _compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)
     if write_z:
-        z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype)).to(torch.result_type(mu, logvar))
+        z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(torch.result_type(mu, logvar))
     else:
         z = _empty(mu, mu.dtype)
     if compute_kl:
@@ -106,7 +106,7 @@ def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl):
 
 
 @_backend.without_autocast
-def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl):
+def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     dtype = _compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)
     grad_mu = torch.zeros_like(m)
@@ -114,7 +114,7 @@ def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl):
     if grad_z is not None:
         gz = grad_z.to(dtype)
         grad_mu = grad_mu + gz
-        grad_lv = grad_lv + 0.5 * gz * _noise(mu, eps, seed, dtype) * torch.exp(0.5 * lv)
+        grad_lv = grad_lv + 0.5 * gz * _noise(mu, eps, seed, dtype, row_offset) * torch.exp(0.5 * lv)
     if grad_kl is not None:
         g = grad_kl.to(dtype).reshape((-1,) + (1,) * (mu.dim() - 1))
         grad_mu = grad_mu + g * m
@@ -127,15 +127,16 @@ def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl):
 
 @torch.library.custom_op("fastvae::latent_forward", mutates_args=())
 def latent_forward(
-    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], write_z: bool, compute_kl: bool
+    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], write_z: bool, compute_kl: bool,
+    row_offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """z = mu + exp(logvar/2) eps (noise from ``seed`` when eps is None) and per-row KL to N(0, I)."""
     impl = _triton_forward if _backend.use_triton(mu.device) else _torch_forward
-    return impl(mu, logvar, eps, seed, write_z, compute_kl)
+    return impl(mu, logvar, eps, seed, write_z, compute_kl, row_offset)
 
 
 @latent_forward.register_fake
-def _(mu, logvar, eps, seed, write_z, compute_kl):
+def _(mu, logvar, eps, seed, write_z, compute_kl, row_offset=0):
     dtype = _compute_dtype(mu, logvar)
     z = mu.new_empty(mu.shape, dtype=torch.result_type(mu, logvar)) if write_z else mu.new_empty((0,))
     kl = mu.new_empty((mu.shape[0],) if compute_kl else (0,), dtype=dtype)
@@ -145,22 +146,22 @@ def _(mu, logvar, eps, seed, write_z, compute_kl):
 @torch.library.custom_op("fastvae::latent_backward", mutates_args=())
 def latent_backward(
     mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor],
-    grad_z: Optional[Tensor], grad_kl: Optional[Tensor],
+    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], row_offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of mu and logvar given grad_z (per element) and grad_kl (per row)."""
     impl = _triton_backward if _backend.use_triton(mu.device) else _torch_backward
-    return impl(mu, logvar, eps, seed, grad_z, grad_kl)
+    return impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset)
 
 
 @latent_backward.register_fake
-def _(mu, logvar, eps, seed, grad_z, grad_kl):
+def _(mu, logvar, eps, seed, grad_z, grad_kl, row_offset=0):
     return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    mu, logvar, eps, seed, write_z, compute_kl = inputs
+    mu, logvar, eps, seed, write_z, compute_kl, row_offset = inputs
     ctx.save_for_backward(mu, logvar, eps, seed)
-    ctx.write_z, ctx.compute_kl = write_z, compute_kl
+    ctx.write_z, ctx.compute_kl, ctx.row_offset = write_z, compute_kl, row_offset
     ctx.set_materialize_grads(False)
 
 
@@ -170,10 +171,10 @@ def _backward(ctx, grad_z, grad_kl):
     grad_kl = grad_kl if ctx.compute_kl else None
     grad_mu = grad_lv = grad_eps = None
     if grad_z is not None or grad_kl is not None:
-        grad_mu, grad_lv = latent_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+        grad_mu, grad_lv = latent_backward(mu, logvar, eps, seed, grad_z, grad_kl, ctx.row_offset)
     if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
         grad_eps = (grad_z * torch.exp(0.5 * logvar.to(grad_z.dtype))).to(eps.dtype)
-    return grad_mu, grad_lv, grad_eps, None, None, None
+    return grad_mu, grad_lv, grad_eps, None, None, None, None
 
 
 latent_forward.register_autograd(_backward, setup_context=_setup_context)
