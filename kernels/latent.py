@@ -33,7 +33,7 @@ sums are deterministic.  Offsets are 64-bit.
 import triton
 import triton.language as tl
 
-from .random import philox_normal
+from .tiles import load_tile, noise_tile, tile_columns, tile_rows, to_compute
 
 
 @triton.jit
@@ -60,48 +60,29 @@ def latent_forward_kernel(
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """z = mu + exp(logvar/2) * eps and per-(row, split) partial KL sums, in one pass."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < B
+    rows, row_mask = tile_rows(B, BLOCK_R)
     rows2 = rows[:, None]
-    col_start = pid_s * split_cols
-    col_end = tl.minimum(col_start + split_cols, D)
-    if FP64:
-        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+    col_start, col_end = tile_columns(D, split_cols)
+    acc = to_compute(tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32), FP64)
     if WRITE_Z and not HAS_EPS:
         seed = tl.load(seed_ptr)
+    else:
+        seed = 0
     for c0 in range(col_start, col_end, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = row_mask[:, None] & (cols < col_end)[None, :]
         cols2 = cols[None, :]
-        mu = tl.load(mu_ptr + rows2 * mu_stride + cols2, mask=mask, other=0.0)
-        lv = tl.load(logvar_ptr + rows2 * logvar_stride + cols2, mask=mask, other=0.0)
-        if FP64:
-            mu = mu.to(tl.float64)
-            lv = lv.to(tl.float64)
-        else:
-            mu = mu.to(tl.float32)
-            lv = lv.to(tl.float32)
+        mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
+        lv = load_tile(logvar_ptr, rows2, logvar_stride, cols2, mask, FP64)
         if WRITE_Z:
-            if HAS_EPS:
-                eps = tl.load(eps_ptr + rows2 * eps_stride + cols2, mask=mask, other=0.0)
-            else:
-                groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
-                eps = philox_normal(seed, rows2 + row_offset, groups[None, :], BLOCK_D)
-            if FP64:
-                eps = eps.to(tl.float64)
-            else:
-                eps = eps.to(tl.float32)
+            eps = noise_tile(seed, eps_ptr, eps_stride, rows2, cols2, mask, c0, row_offset, HAS_EPS, FP64, BLOCK_D)
             z = mu + tl.exp(0.5 * lv) * eps
             tl.store(z_ptr + rows2 * D + cols2, z.to(z_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_KL:
             kl = 0.5 * (mu * mu + _exp_m1_m(lv, FP64))
             acc += tl.where(mask, kl, 0.0)
     if COMPUTE_KL:
-        tl.store(kl_ptr + rows * n_split + pid_s, tl.sum(acc, axis=1), mask=row_mask)
+        tl.store(kl_ptr + rows * n_split + tl.program_id(1), tl.sum(acc, axis=1), mask=row_mask)
 
 
 @triton.jit
@@ -112,48 +93,26 @@ def latent_backward_kernel(
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gradients of mu and logvar from g_z (per element) and g_kl (per row), noise regenerated."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < B
+    rows, row_mask = tile_rows(B, BLOCK_R)
     rows2 = rows[:, None]
-    col_start = pid_s * split_cols
-    col_end = tl.minimum(col_start + split_cols, D)
+    col_start, col_end = tile_columns(D, split_cols)
     if HAS_GZ and not HAS_EPS:
         seed = tl.load(seed_ptr)
+    else:
+        seed = 0
     if HAS_GKL:
-        gkl = tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0)
-        if FP64:
-            gkl = gkl.to(tl.float64)[:, None]
-        else:
-            gkl = gkl.to(tl.float32)[:, None]
+        gkl = to_compute(tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0), FP64)[:, None]
     for c0 in range(col_start, col_end, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = row_mask[:, None] & (cols < col_end)[None, :]
         cols2 = cols[None, :]
-        mu = tl.load(mu_ptr + rows2 * mu_stride + cols2, mask=mask, other=0.0)
-        lv = tl.load(logvar_ptr + rows2 * logvar_stride + cols2, mask=mask, other=0.0)
-        if FP64:
-            mu = mu.to(tl.float64)
-            lv = lv.to(tl.float64)
-        else:
-            mu = mu.to(tl.float32)
-            lv = lv.to(tl.float32)
+        mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
+        lv = load_tile(logvar_ptr, rows2, logvar_stride, cols2, mask, FP64)
         g_mu = tl.zeros_like(mu)
         g_lv = tl.zeros_like(lv)
         if HAS_GZ:
-            gz = tl.load(gz_ptr + rows2 * gz_stride + cols2, mask=mask, other=0.0)
-            if HAS_EPS:
-                eps = tl.load(eps_ptr + rows2 * eps_stride + cols2, mask=mask, other=0.0)
-            else:
-                groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
-                eps = philox_normal(seed, rows2 + row_offset, groups[None, :], BLOCK_D)
-            if FP64:
-                gz = gz.to(tl.float64)
-                eps = eps.to(tl.float64)
-            else:
-                gz = gz.to(tl.float32)
-                eps = eps.to(tl.float32)
+            gz = load_tile(gz_ptr, rows2, gz_stride, cols2, mask, FP64)
+            eps = noise_tile(seed, eps_ptr, eps_stride, rows2, cols2, mask, c0, row_offset, HAS_EPS, FP64, BLOCK_D)
             g_mu += gz
             g_lv += 0.5 * gz * eps * tl.exp(0.5 * lv)
         if HAS_GKL:

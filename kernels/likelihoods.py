@@ -38,6 +38,8 @@ per element of the buffer.
 import triton
 import triton.language as tl
 
+from .tiles import load_tile, tile_columns, tile_rows, to_compute
+
 @triton.jit
 def _log1p_small(e):
     """log(1 + e) for e in [0, 1], accurate for tiny e without libdevice's log1p."""
@@ -52,53 +54,41 @@ def nll_forward_kernel(
     KIND: tl.constexpr, LS_MODE: tl.constexpr, GRAD_X: tl.constexpr, GRAD_LS: tl.constexpr,
     RESCALE: tl.constexpr, FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < B
+    rows, row_mask = tile_rows(B, BLOCK_R)
     rows2 = rows[:, None]
-    col_start = pid_s * split_cols
-    col_end = tl.minimum(col_start + split_cols, D)
+    col_start, col_end = tile_columns(D, split_cols)
     # Scalar arguments are cast explicitly: an integer-valued float must not change the math.
+    acc = to_compute(tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32), FP64)
+    acc_ls = tl.zeros_like(acc)
     if FP64:
-        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float64)
-        acc_ls = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float64)
         inv_div = 1.0 / tl.full([], grad_div, tl.float64)
         s_value = tl.full([], ls_value, tl.float64)
     else:
-        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
-        acc_ls = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
         inv_div = 1.0 / tl.full([], grad_div, tl.float32)
         s_value = tl.full([], ls_value, tl.float32)
     if RESCALE:
         # Backward for half-precision buffers: rewrite the rows whose grad_output is not 1 with
         # grad_output folded in before the one rounding to the buffer's dtype.
-        g = tl.load(g_ptr + rows * g_stride, mask=row_mask, other=1.0).to(acc.dtype)
+        g = to_compute(tl.load(g_ptr + rows * g_stride, mask=row_mask, other=1.0), FP64)
         row_mask = row_mask & (g != 1.0)
         grad_scale = (g * inv_div)[:, None]
     else:
         grad_scale = inv_div
     if LS_MODE == 1:
-        s_scalar = tl.load(ls_ptr)
+        s_scalar = to_compute(tl.load(ls_ptr), FP64)
     for c0 in range(col_start, col_end, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = row_mask[:, None] & (cols < col_end)[None, :]
         cols2 = cols[None, :]
-        x = tl.load(x_ptr + rows2 * x_stride + cols2, mask=mask, other=0.0)
-        t = tl.load(t_ptr + rows2 * t_stride + cols2, mask=mask, other=0.0)
-        if FP64:
-            x = x.to(tl.float64)
-            t = t.to(tl.float64)
-        else:
-            x = x.to(tl.float32)
-            t = t.to(tl.float32)
+        x = load_tile(x_ptr, rows2, x_stride, cols2, mask, FP64)
+        t = load_tile(t_ptr, rows2, t_stride, cols2, mask, FP64)
         if KIND == 1 or KIND == 3:
             if LS_MODE == 0:
                 s = s_value
             elif LS_MODE == 1:
-                s = s_scalar.to(x.dtype)
+                s = s_scalar
             else:
-                s = tl.load(ls_ptr + rows2 * ls_stride + cols2, mask=mask, other=0.0).to(x.dtype)
+                s = load_tile(ls_ptr, rows2, ls_stride, cols2, mask, FP64)
             inv_sigma = tl.exp(-s)
         if KIND == 0:
             e = tl.exp(-tl.abs(x))
@@ -128,10 +118,10 @@ def nll_forward_kernel(
             else:
                 acc_ls += tl.where(mask, grad_s, 0.0)
     if not RESCALE:
-        tl.store(loss_ptr + rows * n_split + pid_s, tl.sum(acc, axis=1), mask=row_mask)
+        tl.store(loss_ptr + rows * n_split + tl.program_id(1), tl.sum(acc, axis=1), mask=row_mask)
     if GRAD_LS and not RESCALE:
         if LS_MODE == 1:
-            tl.store(gls_ptr + rows * n_split + pid_s, tl.sum(acc_ls, axis=1), mask=row_mask)
+            tl.store(gls_ptr + rows * n_split + tl.program_id(1), tl.sum(acc_ls, axis=1), mask=row_mask)
 
 
 @triton.jit
@@ -139,18 +129,11 @@ def scale_rows_kernel(
     buf_ptr, g_ptr, B, D, g_stride, split_cols,
     FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    g = tl.load(g_ptr + rows * g_stride, mask=rows < B, other=1.0)
-    if FP64:
-        g = g.to(tl.float64)
-    else:
-        g = g.to(tl.float32)
-    active = (rows < B) & (g != 1.0)
+    rows, row_mask = tile_rows(B, BLOCK_R)
+    g = to_compute(tl.load(g_ptr + rows * g_stride, mask=row_mask, other=1.0), FP64)
+    active = row_mask & (g != 1.0)
     rows2 = rows[:, None]
-    col_start = pid_s * split_cols
-    col_end = tl.minimum(col_start + split_cols, D)
+    col_start, col_end = tile_columns(D, split_cols)
     for c0 in range(col_start, col_end, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = active[:, None] & (cols < col_end)[None, :]

@@ -1,0 +1,50 @@
+"""Tile bookkeeping shared by every kernel: which rows and columns a program owns, and loads
+cast to the compute dtype (float32, or float64 for float64 inputs).
+
+A program (pid_r, pid_s) owns rows ``pid_r * BLOCK_R ...`` and the columns
+``[pid_s * split_cols, min((pid_s + 1) * split_cols, D))``.  Offsets are int64 throughout, so
+tensors of more than 2^31 elements index correctly.
+"""
+import triton
+import triton.language as tl
+
+from .random import philox_normal
+
+
+@triton.jit
+def tile_rows(B, BLOCK_R: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    return rows, rows < B
+
+
+@triton.jit
+def tile_columns(D, split_cols):
+    col_start = tl.program_id(1).to(tl.int64) * split_cols
+    return col_start, tl.minimum(col_start + split_cols, D)
+
+
+@triton.jit
+def to_compute(x, FP64: tl.constexpr):
+    if FP64:
+        x = x.to(tl.float64)
+    else:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def load_tile(ptr, rows2, row_stride, cols2, mask, FP64: tl.constexpr):
+    """A (BLOCK_R, BLOCK_D) tile of a row-strided tensor in the compute dtype; 0 where masked."""
+    return to_compute(tl.load(ptr + rows2 * row_stride + cols2, mask=mask, other=0.0), FP64)
+
+
+@triton.jit
+def noise_tile(seed, eps_ptr, eps_stride, rows2, cols2, mask, c0, row_offset,
+               HAS_EPS: tl.constexpr, FP64: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The tile's noise: read from eps, or regenerated from (seed, row + row_offset, column)."""
+    if HAS_EPS:
+        eps = load_tile(eps_ptr, rows2, eps_stride, cols2, mask, FP64)
+    else:
+        groups = c0 // 4 + tl.arange(0, BLOCK_D // 4).to(tl.int64)
+        eps = to_compute(philox_normal(seed, rows2 + row_offset, groups[None, :], BLOCK_D), FP64)
+    return eps
