@@ -123,10 +123,14 @@ def _tiling(rows: int, cols: int, device_type: str, device_index: int) -> Tiling
     tile = 4096 if on_gpu else 1 << 16
     block_d = max(4, min(_next_pow2(cols), tile))
     block_r = max(1, min(_next_pow2(rows), tile // block_d))
-    row_blocks = -(-rows // block_r)
-    col_blocks = -(-cols // block_d)
     # Enough programs to fill the GPU several times over; the interpreter wants one per row block.
     target = 8 * _sm_count(device_index) if on_gpu else 1
+    if on_gpu:
+        # Short rows (a latent of width 10): fewer rows per program rather than a grid of a few
+        # programs, so a (4096, 10) problem still spreads over the SMs.
+        block_r = max(1, min(block_r, _next_pow2(-(-rows // (target // 4)))))
+    row_blocks = -(-rows // block_r)
+    col_blocks = -(-cols // block_d)
     n_split = max(1, min(col_blocks, -(-target // row_blocks), 65535))
     split_cols = -(-col_blocks // n_split) * block_d
     n_split = max(1, -(-cols // split_cols))
