@@ -11,8 +11,8 @@ Backends (the ``backend`` fixture; each test selects one with FASTVAE_BACKEND):
   triton  the Triton kernels in the interpreter on CPU tensors (slow: small shapes only)
   cuda    the Triton kernels on CUDA tensors (only when torch.cuda.is_available())
 
-Hypothesis profiles: 'default' (deadline=None, 25 examples; interpreter tests run a third of
-that) and 'ci-long' (200 examples); pick one with HYPOTHESIS_PROFILE.
+Hypothesis profiles: 'default' (deadline=None, 50 examples, INTERPRETER_EXAMPLES times that in
+the interpreter) and 'ci-long' (200 examples); pick one with HYPOTHESIS_PROFILE.
 """
 import os
 
@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 settings.register_profile(
     "default",
     deadline=None,
-    max_examples=25,
+    max_examples=50,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

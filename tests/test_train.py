@@ -136,6 +136,17 @@ def test_loss_backends_train_alike(tmp_path):
     assert_same_params(params(outs["fastvae"]), params(outs["torch"]), exact=False)
 
 
+def test_compiled_training_matches_eager(tmp_path):
+    """--compile traces the whole objective (noise generator and row offset included) and trains
+    the same model as the eager run."""
+    outs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        outs[name] = tmp_path / name
+        assert run_cli(*TINY, "--steps", 3, "--no-plots", *extra, "--out", outs[name]) == 0
+    assert metrics(outs["compiled"])["config"]["compile"] is True
+    assert_same_params(params(outs["eager"]), params(outs["compiled"]), exact=False)
+
+
 def test_bf16_autocast_runs(tmp_path):
     out = tmp_path / "run"
     assert run_cli(*TINY, "--steps", 2, "--amp", "bf16", "--no-plots", "--out", out) == 0
