@@ -150,6 +150,7 @@ def _sample_args():
         (t(2, 3, 4, seed=1), t(2, 3, 4, seed=2), None, seed, True, False),
         (t(3, 5, seed=1), t(3, 5, seed=2), None, None, False, True),
         (t(4, 6, seed=1, rg=False).double(), t(4, 6, seed=2, rg=False).double(), None, seed, True, True),
+        (t(3, 5, seed=1), t(3, 5, seed=2), None, seed, True, True, 7),
     ]
     # latent_backward is itself a backward (no double backward): its inputs need no grad
     s["latent_backward"] = [
@@ -158,6 +159,8 @@ def _sample_args():
         (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), t(3, 5, seed=3, rg=False), None,
          t(3, 5, seed=4, rg=False), None),
         (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), None, None, None, t(3, seed=5, rg=False)),
+        (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), None, seed, t(3, 5, seed=4, rg=False),
+         t(3, seed=5, rg=False), 7),
     ]
     nll = []
     for kind_name, kind in kinds.items():
