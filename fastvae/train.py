@@ -649,6 +649,7 @@ def train(
     explicit: Optional[set] = None,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = print,
+    dataset: Any = None,
 ) -> TrainResult:
     """Train a VAE as ``config`` says and write ``out`` (see the module docstring).
 
@@ -663,6 +664,9 @@ def train(
             checkpoint; a difference in an entry that fixes the run is a :class:`TrainError`).
         progress: tqdm bar (True), plain log lines (False), or None: a bar when stdout is a terminal.
         log: where plain lines go (rank 0 only).
+        dataset: train on this instead of ``config.data``: any map-style torch Dataset (items a
+            tensor or a ``(tensor, ...)`` tuple), a tensor or an array of samples. It is recorded
+            in the config as ``<ClassName>``; a resumed run must be given the same data again.
     Raises:
         TrainError, fastvae.data.DataError: bad options, data, checkpoint or output folder; nothing
             has been written then.
@@ -670,7 +674,7 @@ def train(
     d = _dist_from_env()
     try:
         return _Run(config, d, out=out, resume=resume, overwrite=overwrite, explicit=explicit or set(),
-                    progress=progress, log=log).run()
+                    progress=progress, log=log, dataset=dataset).run()
     finally:
         if d.initialized_here:
             import torch.distributed as dist
@@ -679,8 +683,9 @@ def train(
 
 
 class _Run:
-    def __init__(self, config, d: _Dist, *, out, resume, overwrite, explicit, progress, log):
+    def __init__(self, config, d: _Dist, *, out, resume, overwrite, explicit, progress, log, dataset=None):
         self.d = d
+        self.user_dataset = dataset
         self.log = log if d.main else (lambda *_: None)
         self.overwrite = overwrite
         self.explicit = set(explicit)
@@ -750,13 +755,17 @@ class _Run:
                              f"{d.world_size} processes")
         self.local_batch = c.batch_size // d.world_size
 
-        self.dataset = get_dataset(c.data, device=self.device, seed=c.seed)
+        if self.user_dataset is not None:
+            c.data = f"<{type(self.user_dataset).__name__}>"
+            self.dataset = get_dataset(self.user_dataset, device=self.device, seed=c.seed)
+        else:
+            self.dataset = get_dataset(c.data, device=self.device, seed=c.seed)
         shape = tuple(self.dataset.sample_shape)
         lo, hi = self.dataset.value_range
         if c.likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
             raise TrainError(f"{c.data}: --likelihood bernoulli needs values in [0, 1], the data has values in "
                              f"[{lo:g}, {hi:g}]; rescale it or use --likelihood gaussian")
-        if _data_key(c.data) not in ("shapes", "digits"):
+        if self.user_dataset is None and _data_key(c.data) not in ("shapes", "digits"):
             c.data = os.path.abspath(c.data)  # so that --resume from another folder reads the same file
         n = len(self.dataset)
         self.is_stream = getattr(self.dataset, "name", None) == "shapes"

@@ -456,3 +456,17 @@ def test_python_m_fastvae(tmp_path):
     assert proc.returncode == 2
     assert "fastvae train: error:" in proc.stderr and "file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_python_api_trains_on_a_torch_dataset(tmp_path):
+    """train(config, dataset=...) takes any map-style torch Dataset, recorded as <ClassName>."""
+    images = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    dataset = torch.utils.data.TensorDataset(images)
+    config = TrainConfig(model="mlp", hidden=(16,), latent_dim=2, batch_size=8, steps=3, plots=False,
+                         device="cpu")
+    out = tmp_path / "run"
+    train(config, out=str(out), dataset=dataset, progress=False, log=lambda *_: None)
+    m = metrics(out)
+    assert m["config"]["data"] == "<TensorDataset>"
+    assert all(np.isfinite(h["loss"]) for h in m["history"])
+    assert params(out)  # a checkpoint with the model's parameters
