@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend
+from . import _backend, _cpu_fused
 
 KINDS = {"bernoulli": 0, "gaussian": 1, "mse": 2, "laplace": 3}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -137,10 +137,43 @@ def _triton_scale_rows(buf: Tensor, grad: Tensor) -> None:
 # ----------------------------------------------------------------------------- PyTorch path
 
 
+def _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale):
+    """The CPU path through one compiled loop (``_cpu_fused``); None when that is unavailable."""
+    B, D = x.shape[0], math.prod(x.shape[1:])
+    dtype = _compute_dtype(x, target, log_scale)
+    mode = _ls_mode(log_scale)
+    if mode == LS_ELEMENT:
+        s = log_scale.reshape(B, D)
+    elif mode == LS_SCALAR:
+        s = log_scale
+    else:
+        s = torch.full((), log_scale_value, dtype=dtype)
+    scale = torch.full((), 1.0 / _grad_div(B, reduction), dtype=dtype)
+    if grad_scale is not None:
+        scale = grad_scale.to(dtype).reshape((-1, 1) if grad_scale.dim() else ()) * scale
+    want_gs = grad_ls and kind in (1, 3)
+    result = _cpu_fused.nll_rows(kind, x.reshape(B, D), target.reshape(B, D), s, scale, dtype,
+                                 x.dtype if grad_x else None,
+                                 log_scale.dtype if want_gs and mode == LS_ELEMENT else None, want_gs)
+    if result is None:
+        return None
+    rows, gx, gls = result
+    gx = gx.reshape(x.shape) if gx is not None else _empty(x, x.dtype)
+    if gls is None:
+        gls = _empty(x, dtype)
+    elif mode == LS_ELEMENT:
+        gls = gls.reshape(log_scale.shape)
+    return _reduce(rows, reduction), gx, gls
+
+
 @_backend.without_autocast
 def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale=None):
-    # Written for few passes over memory (each torch op is one): row sums of squares go through
-    # vecdot, temporaries are updated in place, and nothing is built with torch.where.
+    if _cpu_fused.enabled(x):
+        fused = _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale)
+        if fused is not None:
+            return fused
+    # Eager: written for few passes over memory (each torch op is one): row sums of squares go
+    # through vecdot, temporaries are updated in place, and nothing is built with torch.where.
     B, D = x.shape[0], math.prod(x.shape[1:])
     dtype = _compute_dtype(x, target, log_scale)
     xx = x.to(dtype).reshape(B, D)
