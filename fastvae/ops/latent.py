@@ -109,16 +109,19 @@ def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
 def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     dtype = _compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)
-    grad_mu = torch.zeros_like(m)
-    grad_lv = torch.zeros_like(lv)
+    grad_mu = grad_lv = None
     if grad_z is not None:
         gz = grad_z.to(dtype)
-        grad_mu = grad_mu + gz
-        grad_lv = grad_lv + 0.5 * gz * _noise(mu, eps, seed, dtype, row_offset) * torch.exp(0.5 * lv)
+        grad_mu = gz.clone() if gz is grad_z else gz  # an op's output may not alias its input
+        grad_lv = 0.5 * gz * _noise(mu, eps, seed, dtype, row_offset) * torch.exp(0.5 * lv)
     if grad_kl is not None:
         g = grad_kl.to(dtype).reshape((-1,) + (1,) * (mu.dim() - 1))
-        grad_mu = grad_mu + g * m
-        grad_lv = grad_lv + 0.5 * g * (exp_m1_m(lv) + lv)
+        kl_mu = g * m
+        kl_lv = 0.5 * g * torch.expm1(lv)  # d/dlogvar of the KL; expm1 is accurate near 0
+        grad_mu = kl_mu if grad_mu is None else grad_mu + kl_mu
+        grad_lv = kl_lv if grad_lv is None else grad_lv + kl_lv
+    if grad_mu is None:
+        grad_mu, grad_lv = torch.zeros_like(m), torch.zeros_like(lv)
     return grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
 
 
