@@ -95,9 +95,14 @@ def nll_rows(kind: int, x: Tensor, t: Tensor, s: Tensor, scale: Tensor, compute:
     ``gs_elem_dtype``) when that dtype is given, else the unscaled per-row sums.  Returns None when
     the fused loop is unavailable, and the caller uses the eager path.
     """
-    fn = _compiled.get(kind)
+    # The generated loop runs on as many OpenMP threads as torch itself is set to use: an
+    # unbounded parallel region would oversubscribe the cores and leave spinning threads behind
+    # that slow the caller's own ops down.
+    threads = torch.get_num_threads()
+    fn = _compiled.get((kind, threads))
     if fn is None:
-        fn = _compiled[kind] = torch.compile(_KINDS[kind], dynamic=True)
+        fn = _compiled[(kind, threads)] = torch.compile(_KINDS[kind], dynamic=True,
+                                                        options={"cpp.threads": threads})
     try:
         # Detached: the gradient is what this computes; no autograd graph around the loop.
         with torch.no_grad():
