@@ -81,6 +81,16 @@ def kernels(name: str):
     return importlib.import_module(f"fastvae._kernels.{name}")
 
 
+def compute_dtype(*tensors) -> torch.dtype:
+    """float64 when any given tensor is float64, else float32: the arithmetic of every op."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The placeholder a custom op returns for an output it was not asked for."""
+    return torch.empty((0,), dtype=dtype, device=like.device)
+
+
 def without_autocast(fn):
     """Run a PyTorch-path implementation with autocast off: the losses compute in float32 (or
     float64) as torch's own losses do, whatever autocast would pick for the ops inside."""

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 MIN_ELEMENTS = 1 << 16
-_HALF_LOG_2PI = 0.9189385332046727
-_LOG_2 = 0.6931471805599453
+HALF_LOG_2PI = 0.9189385332046727  # log(2 pi) / 2
+LOG_2 = 0.6931471805599453
 _state = {"failed": False}
 
 
@@ -65,7 +65,7 @@ def _gaussian(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
     x, t, s = x.to(compute), t.to(compute), s.to(compute)
     inv_sigma = torch.exp(-s)
     d = (x - t) * inv_sigma
-    loss = 0.5 * d * d + s + _HALF_LOG_2PI
+    loss = 0.5 * d * d + s + HALF_LOG_2PI
     return _finish(loss, d * inv_sigma, (1.0 - d * d) if want_gs else None, scale, gx_dtype, gs_dtype)
 
 
@@ -79,7 +79,7 @@ def _laplace(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
     inv_sigma = torch.exp(-s)
     d = x - t
     a = d.abs() * inv_sigma
-    loss = a + s + _LOG_2
+    loss = a + s + LOG_2
     return _finish(loss, torch.sign(d) * inv_sigma, (1.0 - a) if want_gs else None, scale, gx_dtype, gs_dtype)
 
 

@@ -18,14 +18,6 @@ from . import _backend
 from ._philox import exp_m1_m, philox_normal
 
 
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _empty(like: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.empty((0,), dtype=dtype, device=like.device)
-
-
 # ----------------------------------------------------------------------------- Triton launchers
 
 
@@ -33,8 +25,8 @@ def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
     B = mu.shape[0]
     mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
     D = mu2.shape[1]
-    fp64 = _compute_dtype(mu, logvar) == torch.float64
-    z = torch.empty(mu.shape, dtype=torch.result_type(mu, logvar), device=mu.device) if write_z else _empty(mu, mu.dtype)
+    fp64 = _backend.compute_dtype(mu, logvar) == torch.float64
+    z = torch.empty(mu.shape, dtype=torch.result_type(mu, logvar), device=mu.device) if write_z else _backend.empty(mu, mu.dtype)
     acc_dtype = torch.float64 if fp64 else torch.float32
     if B == 0 or D == 0:
         return z, torch.zeros((B,), dtype=acc_dtype, device=mu.device)
@@ -49,7 +41,7 @@ def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
     if not compute_kl:
-        return z, _empty(mu, acc_dtype)
+        return z, _backend.empty(mu, acc_dtype)
     kl = partial[:, 0] if tiles.n_split == 1 else partial.sum(1)
     return z, kl
 
@@ -58,7 +50,7 @@ def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     B = mu.shape[0]
     mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
     D = mu2.shape[1]
-    fp64 = _compute_dtype(mu, logvar) == torch.float64
+    fp64 = _backend.compute_dtype(mu, logvar) == torch.float64
     grad_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
     grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=mu.device)
     if B == 0 or D == 0:
@@ -91,23 +83,23 @@ def _noise(mu, eps, seed, dtype, row_offset):
 
 @_backend.without_autocast
 def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
-    dtype = _compute_dtype(mu, logvar)
+    dtype = _backend.compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)
     if write_z:
         z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(torch.result_type(mu, logvar))
     else:
-        z = _empty(mu, mu.dtype)
+        z = _backend.empty(mu, mu.dtype)
     if compute_kl:
         kl = (0.5 * (m * m + exp_m1_m(lv))).reshape(mu.shape[0], -1).sum(1) if mu.numel() else \
             torch.zeros((mu.shape[0],), dtype=dtype, device=mu.device)
     else:
-        kl = _empty(mu, dtype)
+        kl = _backend.empty(mu, dtype)
     return z, kl
 
 
 @_backend.without_autocast
 def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
-    dtype = _compute_dtype(mu, logvar)
+    dtype = _backend.compute_dtype(mu, logvar)
     m, lv = mu.to(dtype), logvar.to(dtype)
     grad_mu = grad_lv = None
     if grad_z is not None:
@@ -140,7 +132,7 @@ def latent_forward(
 
 @latent_forward.register_fake
 def _(mu, logvar, eps, seed, write_z, compute_kl, row_offset=0):
-    dtype = _compute_dtype(mu, logvar)
+    dtype = _backend.compute_dtype(mu, logvar)
     z = mu.new_empty(mu.shape, dtype=torch.result_type(mu, logvar)) if write_z else mu.new_empty((0,))
     kl = mu.new_empty((mu.shape[0],) if compute_kl else (0,), dtype=dtype)
     return z, kl

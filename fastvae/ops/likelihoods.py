@@ -25,15 +25,9 @@ from . import _backend, _cpu_fused
 
 KINDS = {"bernoulli": 0, "gaussian": 1, "mse": 2, "laplace": 3}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-_LOG_2 = math.log(2.0)
 
 # How the log-scale is given: a Python float, one value in a 0-dim tensor, or one per element.
 LS_FLOAT, LS_SCALAR, LS_ELEMENT = 0, 1, 2
-
-
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _ls_mode(log_scale: Optional[Tensor]) -> int:
@@ -53,22 +47,18 @@ def _grad_div(batch: int, reduction: int) -> int:
     return max(batch, 1) if reduction == REDUCTIONS["mean"] else 1
 
 
-def _empty(like: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.empty((0,), dtype=dtype, device=like.device)
-
-
 # ----------------------------------------------------------------------------- Triton launcher
 
 
 def _triton_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls):
     B = x.shape[0]
-    dtype = _compute_dtype(x, target, log_scale)
+    dtype = _backend.compute_dtype(x, target, log_scale)
     mode = _ls_mode(log_scale)
-    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if grad_x else _empty(x, x.dtype)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if grad_x else _backend.empty(x, x.dtype)
     if B == 0 or x[0].numel() == 0:
         rows = torch.zeros((B,), dtype=dtype, device=x.device)
         gx.zero_()
-        gls = _empty(x, dtype)
+        gls = _backend.empty(x, dtype)
         if grad_ls:
             gls = torch.zeros_like(log_scale) if mode == LS_ELEMENT else torch.zeros((B,), dtype=dtype, device=x.device)
         return _reduce(rows, reduction), gx, gls
@@ -78,7 +68,7 @@ def _triton_forward(x, target, log_scale, log_scale_value, kind, reduction, grad
         shape = log_scale.shape if mode == LS_ELEMENT else (B, tiles.n_split)
         gls = torch.empty(shape, dtype=log_scale.dtype if mode == LS_ELEMENT else dtype, device=x.device)
     else:
-        gls = _empty(x, dtype)
+        gls = _backend.empty(x, dtype)
     _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles,
                 partial, gx, gls, grad=None)
     rows = partial[:, 0] if tiles.n_split == 1 else partial.sum(1)
@@ -92,7 +82,7 @@ def _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, 
     B = x.shape[0]
     x2, t2 = _backend.as_rows(x), _backend.as_rows(target)
     mode = _ls_mode(log_scale)
-    fp64 = _compute_dtype(x, target, log_scale) == torch.float64
+    fp64 = _backend.compute_dtype(x, target, log_scale) == torch.float64
     if fp64 and mode == LS_FLOAT and kind in (1, 3):
         # A float argument reaches the kernel as float32; float64 math wants the exact value.
         log_scale, mode = torch.full((), log_scale_value, dtype=torch.float64, device=x.device), LS_SCALAR
@@ -140,7 +130,7 @@ def _triton_scale_rows(buf: Tensor, grad: Tensor) -> None:
 def _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale):
     """The CPU path through one compiled loop (``_cpu_fused``); None when that is unavailable."""
     B, D = x.shape[0], math.prod(x.shape[1:])
-    dtype = _compute_dtype(x, target, log_scale)
+    dtype = _backend.compute_dtype(x, target, log_scale)
     mode = _ls_mode(log_scale)
     if mode == LS_ELEMENT:
         s = log_scale.reshape(B, D)
@@ -158,9 +148,9 @@ def _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
     if result is None:
         return None
     rows, gx, gls = result
-    gx = gx.reshape(x.shape) if gx is not None else _empty(x, x.dtype)
+    gx = gx.reshape(x.shape) if gx is not None else _backend.empty(x, x.dtype)
     if gls is None:
-        gls = _empty(x, dtype)
+        gls = _backend.empty(x, dtype)
     elif mode == LS_ELEMENT:
         gls = gls.reshape(log_scale.shape)
     return _reduce(rows, reduction), gx, gls
@@ -175,7 +165,7 @@ def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
     # Eager: written for few passes over memory (each torch op is one): row sums of squares go
     # through vecdot, temporaries are updated in place, and nothing is built with torch.where.
     B, D = x.shape[0], math.prod(x.shape[1:])
-    dtype = _compute_dtype(x, target, log_scale)
+    dtype = _backend.compute_dtype(x, target, log_scale)
     xx = x.to(dtype).reshape(B, D)
     tt = target.to(dtype).reshape(B, D)
     mode = _ls_mode(log_scale)
@@ -200,14 +190,14 @@ def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
         inv_sigma = torch.exp(-s)
         d = (xx - tt).mul_(inv_sigma)
         if kind == 1:
-            rows = 0.5 * torch.linalg.vecdot(d, d) + s.sum(1) + D * _HALF_LOG_2PI
+            rows = 0.5 * torch.linalg.vecdot(d, d) + s.sum(1) + D * _cpu_fused.HALF_LOG_2PI
             if grad_ls:
                 gls = torch.addcmul(torch.ones_like(d), d, d, value=-1.0).mul_(inv_div)
             if grad_x:
                 gx = d.mul_(inv_sigma).mul_(inv_div)
         else:
             a = d.abs()
-            rows = a.sum(1) + s.sum(1) + D * _LOG_2
+            rows = a.sum(1) + s.sum(1) + D * _cpu_fused.LOG_2
             if grad_ls:
                 gls = a.neg_().add_(1.0).mul_(inv_div)
             if grad_x:
@@ -219,23 +209,23 @@ def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
         if kind == 1:
             d = diff.mul_(inv_sigma)
             squares = torch.linalg.vecdot(d, d)
-            rows = 0.5 * squares + D * (s + _HALF_LOG_2PI)
+            rows = 0.5 * squares + D * (s + _cpu_fused.HALF_LOG_2PI)
             if grad_ls:
                 gls = D - squares            # per-row sums of 1 - d^2
             if grad_x:
                 gx = d.mul_(inv_sigma * inv_div)
         else:
             scaled = diff.abs().sum(1) * inv_sigma
-            rows = scaled + D * (s + _LOG_2)
+            rows = scaled + D * (s + _cpu_fused.LOG_2)
             if grad_ls:
                 gls = D - scaled             # per-row sums of 1 - |x - t| / b
             if grad_x:
                 gx = torch.sign(diff).mul_(inv_sigma * inv_div)
     if rows.dim() == 0:  # a per-row constant with D == 0 rows... keep the (B,) shape
         rows = rows.expand(B)
-    gx = gx.to(x.dtype).reshape(x.shape) if gx is not None else _empty(x, x.dtype)
+    gx = gx.to(x.dtype).reshape(x.shape) if gx is not None else _backend.empty(x, x.dtype)
     if gls is None:
-        gls = _empty(x, dtype)
+        gls = _backend.empty(x, dtype)
     elif mode == LS_ELEMENT:
         gls = gls.to(log_scale.dtype).reshape(log_scale.shape)
     return _reduce(rows, reduction), gx, gls
@@ -277,7 +267,7 @@ def nll_forward(
 
 @nll_forward.register_fake
 def _(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_log_scale):
-    dtype = _compute_dtype(x, target, log_scale)
+    dtype = _backend.compute_dtype(x, target, log_scale)
     out = x.new_empty((x.shape[0],) if reduction == REDUCTIONS["none"] else (), dtype=dtype)
     gx = x.new_empty(x.shape) if grad_x else x.new_empty((0,))
     if grad_log_scale and log_scale is not None and log_scale.dim() > 0:
@@ -376,7 +366,7 @@ def _backward(ctx, grad_out, _grad_gx, _grad_gls):
             grad_target = (-gx).to(target.dtype)
     if ctx.needs_input_grad[1] and kind == 0:
         scale = grad_out / _grad_div(x.shape[0], reduction)
-        grad_target = (-x.to(_compute_dtype(x, target)) * _per_row(scale, x)).to(target.dtype)
+        grad_target = (-x.to(_backend.compute_dtype(x, target)) * _per_row(scale, x)).to(target.dtype)
     if grad_ls and ctx.needs_input_grad[2]:
         if log_scale.dim() == 0:
             scale = grad_out / _grad_div(x.shape[0], reduction)
