@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend
+from . import _backend, _cpu_fused
 from ._philox import exp_m1_m, philox_normal
 
 
@@ -84,6 +84,13 @@ def _noise(mu, eps, seed, dtype, row_offset):
 @_backend.without_autocast
 def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
     dtype = _backend.compute_dtype(mu, logvar)
+    if write_z and eps is None and _cpu_fused.enabled(mu):
+        B = mu.shape[0]
+        fused = _cpu_fused.latent_forward(mu.reshape(B, -1), logvar.reshape(B, -1), seed, row_offset, dtype,
+                                          torch.result_type(mu, logvar), compute_kl)
+        if fused is not None:
+            z, kl = fused
+            return z.reshape(mu.shape), kl if compute_kl else _backend.empty(mu, dtype)
     m, lv = mu.to(dtype), logvar.to(dtype)
     if write_z:
         z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(torch.result_type(mu, logvar))
@@ -100,6 +107,15 @@ def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
 @_backend.without_autocast
 def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     dtype = _backend.compute_dtype(mu, logvar)
+    if grad_z is not None and eps is None and _cpu_fused.enabled(mu):
+        B = mu.shape[0]
+        fused = _cpu_fused.latent_backward(mu.reshape(B, -1), logvar.reshape(B, -1), seed, row_offset,
+                                           grad_z.reshape(B, -1), grad_kl, dtype)
+        if fused is not None:
+            grad_mu, grad_lv = fused
+            if grad_mu.data_ptr() == grad_z.data_ptr():  # an op's output may not alias its input
+                grad_mu = grad_mu.clone()
+            return grad_mu.reshape(mu.shape), grad_lv.reshape(logvar.shape)
     m, lv = mu.to(dtype), logvar.to(dtype)
     grad_mu = grad_lv = None
     if grad_z is not None:
