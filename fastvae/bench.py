@@ -31,6 +31,7 @@ if that is unavailable the field is ``None``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -596,6 +597,25 @@ PEAK_MEMORY_METHOD = {
 }
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null for the block: some torch builds log a line from C++ on
+    every profiler start and stop, which would bury the report."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(call: Callable, device) -> tuple[Optional[int], str]:
     """Peak bytes allocated during one ``call()`` above what was allocated just before it, and how
     it was measured (or why it could not be)."""
@@ -613,9 +633,15 @@ def peak_memory(call: Callable, device) -> tuple[Optional[int], str]:
         from torch._C._profiler import _EventType
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _native_stderr_silenced():  # the profiler's start/stop chatter, not the call's output
+            prof.start()
+        try:
             out = call()
             del out
+        finally:
+            with _native_stderr_silenced():
+                prof.stop()
         events = []
 
         def walk(node):
