@@ -797,8 +797,11 @@ def measure(case: Case, prepared: Prepared, device, config: BenchConfig, copy_gb
     return record
 
 
-def run_benchmarks(config: BenchConfig) -> dict:
-    """Run every case of ``config`` and return the report (see :func:`write_json`)."""
+def run_benchmarks(config: BenchConfig, on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run every case of ``config`` and return the report (see :func:`write_json`).
+
+    ``on_progress(report)``, when given, is called with the report so far after each group of cases
+    (one op, dtype and size), so that a run cut short keeps what it measured."""
     device = torch.device(config.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -807,12 +810,13 @@ def run_benchmarks(config: BenchConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _run_benchmarks(config, device, started)
+        return _run_benchmarks(config, device, started, on_progress)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run_benchmarks(config: BenchConfig, device: torch.device, started: float) -> dict:
+def _run_benchmarks(config: BenchConfig, device: torch.device, started: float,
+                    on_progress: Optional[Callable[[dict], None]]) -> dict:
     info = device_info(device)
     _log(config, f"fastvae bench on {info['name']} ({device}), max elements {config.resolved_max_elements}")
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -847,6 +851,8 @@ def _run_benchmarks(config: BenchConfig, device: torch.device, started: float) -
         for case in iter_cases(config):
             key = (case.op, case.dtype, case.batch)
             if key != group_key:
+                if on_progress is not None and report["cases"]:
+                    on_progress(report)
                 sets = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -890,9 +896,12 @@ def default_json_path(report_or_slug, results_dir: str | Path = "bench/results")
 
 
 def write_json(report: dict, path: str | Path) -> Path:
+    """Write ``report`` to ``path`` atomically (a reader, or a run killed mid-write, never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -1222,11 +1231,21 @@ def run(args: argparse.Namespace) -> int:
         sample_size=args.sample_size, latent_dim=args.latent_dim,
         objective_latent_dim=args.objective_latent_dim, rep_ms=args.rep_ms, warmup_ms=args.warmup_ms,
         rotate=not args.no_rotate, copy_bytes=args.copy_bytes, threads=args.threads, seed=args.seed, quiet=args.quiet)
-    report = run_benchmarks(config)
-    path = Path(args.out or default_json_path(report))
-    if args.merge and path.exists():
-        report = merge_reports(load_json(path), report)
-    path = write_json(report, path)
+    earlier: dict = {}  # with --merge: the report at the output path before this run, read once
+
+    def save(report: dict, partial: bool) -> Path:
+        path = Path(args.out or default_json_path(report))
+        if args.merge and "report" not in earlier:
+            earlier["report"] = load_json(path) if path.exists() else None
+        if earlier.get("report") is not None:
+            report = merge_reports(earlier["report"], report)
+        report = dict(report, partial=True) if partial else {k: v for k, v in report.items() if k != "partial"}
+        return write_json(report, path)
+
+    # The JSON is rewritten after each group of cases: a long sweep that is interrupted keeps its
+    # finished cases (marked "partial": true), and --merge on the next run carries on from them.
+    report = run_benchmarks(config, on_progress=lambda partial: save(partial, True))
+    path = save(report, False)
     if not args.quiet:
         print(f"wrote {path}")
     report_outputs(path, readme, make_plots=not args.no_plot, quiet=args.quiet)

@@ -171,3 +171,35 @@ def test_cli_run(tmp_path):
     assert fb.main(argv) == 0
     report = fb.load_json(out)
     assert [(c["provider"], c["batch"]) for c in report["cases"]] == [("fastvae", 4), ("eager", 4)]
+
+
+def test_interrupted_run_keeps_finished_groups_and_merge_carries_on(tmp_path, monkeypatch):
+    """The JSON is rewritten after each (op, dtype, size) group: a run stopped in its second group
+    leaves the first on disk marked partial, and a --merge run of the rest completes the report."""
+    out = tmp_path / "run.json"
+    base = ["--device", "cpu", "--modes", "fwd", "--providers", "fastvae", "--dtypes", "float32",
+            "--max-elements", "256", "--min-batch", "4", "--sample-size", "64", "--rep-ms", "1",
+            "--copy-bytes", str(2**22), "--out", str(out), "--readme", "none", "--no-plot", "--quiet"]
+    measure = fb.measure
+    calls = []
+
+    def stop_in_second_group(case, *args, **kwargs):
+        calls.append(case.op)
+        if case.op == "laplace_nll":
+            raise KeyboardInterrupt
+        return measure(case, *args, **kwargs)
+
+    monkeypatch.setattr(fb, "measure", stop_in_second_group)
+    with pytest.raises(KeyboardInterrupt):
+        fb.main(base + ["--ops", "mse,laplace_nll"])
+    partial = fb.load_json(out)
+    assert partial["partial"] is True
+    assert [c["op"] for c in partial["cases"]] == ["mse"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+    monkeypatch.setattr(fb, "measure", measure)
+    assert fb.main(base + ["--ops", "laplace_nll", "--merge"]) == 0
+    merged = fb.load_json(out)
+    assert "partial" not in merged
+    assert sorted(c["op"] for c in merged["cases"]) == ["laplace_nll", "mse"]
+    assert len(merged["runs"]) == 2
