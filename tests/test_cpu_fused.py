@@ -176,3 +176,26 @@ def test_fused_bernoulli_keeps_relative_precision_of_tiny_losses():
     out = fv.bernoulli_nll(x, t, reduction="none")
     expected = ref.nll_rows("bernoulli", x.double(), t.double())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=0.0)
+
+
+def test_fused_functions_trace_without_graph_breaks():
+    """A graph break would split a fused loop into pieces (and warn on every new shape): each function
+    the fused path compiles must trace as one graph."""
+    from fastvae.ops import draw_seed
+    from fastvae.ops import latent
+
+    g = torch.Generator().manual_seed(5)
+    mu, lv = torch.randn(64, 40, generator=g), torch.randn(64, 40, generator=g)
+    seed = draw_seed(torch.device("cpu"), g)
+    cases = [
+        (latent._forward_math, (mu, lv, None, seed, True, True, 3, torch.float32, torch.float32)),
+        (latent._backward_math, (mu, lv, None, seed, torch.randn(64, 40, generator=g), torch.rand(64, generator=g), 3,
+                                 torch.float32)),
+    ]
+    x, t, s = torch.randn(8, 50, generator=g), torch.rand(8, 50, generator=g), torch.randn(8, 50, generator=g)
+    for fn in _cpu_fused._KINDS:
+        cases.append((fn, (x, t, s, torch.full((8, 1), 0.5), torch.float32, torch.float32, torch.float32, True)))
+    for fn, args in cases:
+        explanation = torch._dynamo.explain(fn)(*args)
+        assert explanation.graph_break_count == 0, (fn.__name__, explanation.break_reasons)
+        assert explanation.graph_count == 1, fn.__name__

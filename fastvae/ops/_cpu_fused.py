@@ -7,10 +7,10 @@ beats ``F.binary_cross_entropy_with_logits`` by much.  Here the per-element form
 once, computes ``exp(-|x|)`` once for both the loss and the gradient, and writes the gradient
 once, which is what the Triton kernels do on the GPU.
 
-The latent ops go the same way when the noise is drawn from a seed: the PyTorch twin of the
-kernels' Philox (``_philox.py``) is some forty integer ops per four normals, each a pass over
-memory in eager mode; compiled, noise, ``z`` and the KL (or both gradients) come out of one loop.
-The integer part is exact, so the noise is the eager twin's to the last bit of the Box-Muller
+The latent ops with in-kernel noise compile their own PyTorch-path functions through :func:`call`
+(``latent.py``): Inductor turns the Philox twin, ``z`` and the KL into four loops (it keeps the
+Philox words and the normals in buffers) instead of some forty eager passes over memory.  The
+integer part is exact, so the noise is the eager twin's to the last bit of the Box-Muller
 transcendentals (Sleef's vectorized log/sin/cos against ATen's: an ulp or two, not more).
 
 Used for CPU tensors of at least ``MIN_ELEMENTS`` elements (below that the compile time, a few
@@ -26,8 +26,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
-from ._philox import exp_m1_m, philox_normal
 
 MIN_ELEMENTS = 1 << 16
 HALF_LOG_2PI = 0.9189385332046727  # log(2 pi) / 2
@@ -99,32 +97,12 @@ def _laplace(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
 _KINDS = (_bernoulli, _gaussian, _mse, _laplace)
 
 
-def _latent_forward(mu, lv, seed, row_offset, compute, z_dtype, compute_kl):
-    m, l = mu.to(compute), lv.to(compute)
-    noise = philox_normal(seed, m.shape[0], m.shape[1], row_offset).to(compute)
-    z = (m + torch.exp(0.5 * l) * noise).to(z_dtype)
-    kl = (0.5 * (m * m + exp_m1_m(l))).sum(1) if compute_kl else None
-    return z, kl
-
-
-def _latent_backward(mu, lv, seed, row_offset, grad_z, grad_kl, compute):
-    m, l = mu.to(compute), lv.to(compute)
-    noise = philox_normal(seed, m.shape[0], m.shape[1], row_offset).to(compute)
-    gz = grad_z.to(compute)
-    grad_mu = gz
-    grad_lv = 0.5 * gz * noise * torch.exp(0.5 * l)
-    if grad_kl is not None:
-        g = grad_kl.to(compute)[:, None]
-        grad_mu = grad_mu + g * m
-        grad_lv = grad_lv + 0.5 * g * torch.expm1(l)
-    return grad_mu.to(mu.dtype), grad_lv.to(lv.dtype)
-
-
 _compiled: dict = {}
 
 
-def _call(name, fn, *args):
-    """``fn(*args)`` compiled (one variant per torch thread count), or None if compiling fails."""
+def call(name, fn, *args):
+    """``fn(*args)`` compiled (one variant per ``name`` and torch thread count), tensors detached, or
+    None if compiling fails (the caller then runs ``fn`` itself)."""
     # The generated loop runs on as many OpenMP threads as torch itself is set to use: an
     # unbounded parallel region would oversubscribe the cores and leave spinning threads behind
     # that slow the caller's own ops down.
@@ -135,7 +113,7 @@ def _call(name, fn, *args):
     try:
         # Detached: the gradient is what this computes; no autograd graph around the loop.
         with torch.no_grad():
-            return compiled(*args)
+            return compiled(*(a.detach() if isinstance(a, Tensor) else a for a in args))
     except Exception as err:  # a machine without a working C++ toolchain, for one
         _state["failed"] = True
         warnings.warn(f"fastvae: the fused CPU loop could not be compiled ({type(err).__name__}: {err}); "
@@ -152,21 +130,5 @@ def nll_rows(kind: int, x: Tensor, t: Tensor, s: Tensor, scale: Tensor, compute:
     ``gs_elem_dtype``) when that dtype is given, else the unscaled per-row sums.  Returns None when
     the fused loop is unavailable, and the caller uses the eager path.
     """
-    return _call(kind, _KINDS[kind], x.detach(), t.detach(), s.detach(), scale, compute, gx_dtype,
-                 gs_elem_dtype, want_gs)
+    return call(kind, _KINDS[kind], x, t, s, scale, compute, gx_dtype, gs_elem_dtype, want_gs)
 
-
-def latent_forward(mu: Tensor, lv: Tensor, seed: Tensor, row_offset: int, compute: torch.dtype,
-                   z_dtype: torch.dtype, compute_kl: bool):
-    """(z, kl rows or None) for (B, D) views mu and lv, the noise drawn from ``seed``; None when the
-    fused loop is unavailable."""
-    return _call("latent_forward", _latent_forward, mu.detach(), lv.detach(), seed, row_offset, compute,
-                 z_dtype, compute_kl)
-
-
-def latent_backward(mu: Tensor, lv: Tensor, seed: Tensor, row_offset: int, grad_z: Tensor,
-                    grad_kl: Optional[Tensor], compute: torch.dtype):
-    """(grad_mu, grad_logvar) for (B, D) views, the noise regenerated from ``seed``; None when the
-    fused loop is unavailable."""
-    return _call("latent_backward", _latent_backward, mu.detach(), lv.detach(), seed, row_offset,
-                 grad_z.detach(), grad_kl.detach() if grad_kl is not None else None, compute)

@@ -81,41 +81,21 @@ def _noise(mu, eps, seed, dtype, row_offset):
     return philox_normal(seed, B, D, row_offset).to(dtype).reshape(mu.shape)
 
 
-@_backend.without_autocast
-def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
-    dtype = _backend.compute_dtype(mu, logvar)
-    if write_z and eps is None and _cpu_fused.enabled(mu):
-        B = mu.shape[0]
-        fused = _cpu_fused.latent_forward(mu.reshape(B, -1), logvar.reshape(B, -1), seed, row_offset, dtype,
-                                          torch.result_type(mu, logvar), compute_kl)
-        if fused is not None:
-            z, kl = fused
-            return z.reshape(mu.shape), kl if compute_kl else _backend.empty(mu, dtype)
+def _forward_math(mu, logvar, eps, seed, write_z, compute_kl, row_offset, dtype, z_dtype):
+    """(z or None, kl rows or None) in plain torch ops: run as is, or compiled into a few fused loops
+    for large CPU tensors (``_cpu_fused``)."""
     m, lv = mu.to(dtype), logvar.to(dtype)
+    z = kl = None
     if write_z:
-        z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(torch.result_type(mu, logvar))
-    else:
-        z = _backend.empty(mu, mu.dtype)
+        z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(z_dtype)
     if compute_kl:
         kl = (0.5 * (m * m + exp_m1_m(lv))).reshape(mu.shape[0], -1).sum(1) if mu.numel() else \
             torch.zeros((mu.shape[0],), dtype=dtype, device=mu.device)
-    else:
-        kl = _backend.empty(mu, dtype)
     return z, kl
 
 
-@_backend.without_autocast
-def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
-    dtype = _backend.compute_dtype(mu, logvar)
-    if grad_z is not None and eps is None and _cpu_fused.enabled(mu):
-        B = mu.shape[0]
-        fused = _cpu_fused.latent_backward(mu.reshape(B, -1), logvar.reshape(B, -1), seed, row_offset,
-                                           grad_z.reshape(B, -1), grad_kl, dtype)
-        if fused is not None:
-            grad_mu, grad_lv = fused
-            if grad_mu.data_ptr() == grad_z.data_ptr():  # an op's output may not alias its input
-                grad_mu = grad_mu.clone()
-            return grad_mu.reshape(mu.shape), grad_lv.reshape(logvar.shape)
+def _backward_math(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, dtype):
+    """(grad_mu, grad_logvar) in plain torch ops, like :func:`_forward_math`."""
     m, lv = mu.to(dtype), logvar.to(dtype)
     grad_mu = grad_lv = None
     if grad_z is not None:
@@ -131,6 +111,28 @@ def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     if grad_mu is None:
         grad_mu, grad_lv = torch.zeros_like(m), torch.zeros_like(lv)
     return grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
+
+
+def _fuse(mu, eps, needs_noise) -> bool:
+    # Compiling pays off where the in-kernel noise is drawn: the Philox twin is some forty integer
+    # ops per four normals, each a pass over memory in eager mode.
+    return needs_noise and eps is None and _cpu_fused.enabled(mu)
+
+
+@_backend.without_autocast
+def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
+    dtype = _backend.compute_dtype(mu, logvar)
+    args = (mu, logvar, eps, seed, write_z, compute_kl, row_offset, dtype, torch.result_type(mu, logvar))
+    out = _cpu_fused.call("latent_forward", _forward_math, *args) if _fuse(mu, eps, write_z) else None
+    z, kl = out if out is not None else _forward_math(*args)
+    return (z if write_z else _backend.empty(mu, mu.dtype)), (kl if compute_kl else _backend.empty(mu, dtype))
+
+
+@_backend.without_autocast
+def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
+    args = (mu, logvar, eps, seed, grad_z, grad_kl, row_offset, _backend.compute_dtype(mu, logvar))
+    out = _cpu_fused.call("latent_backward", _backward_math, *args) if _fuse(mu, eps, grad_z is not None) else None
+    return out if out is not None else _backward_math(*args)
 
 
 # ----------------------------------------------------------------------------- custom ops
