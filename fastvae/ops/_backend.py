@@ -167,3 +167,10 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
 
 def row_stride(view: torch.Tensor) -> int:
     return view.stride(0) if view.shape[0] > 1 else view.shape[1]
+
+
+def tracing(t: torch.Tensor) -> bool:
+    """True under torch.compile / AOT tracing (fake or functional tensors), where a backward must go
+    through the registered ops; in eager mode it may call their implementations directly and skip
+    the dispatcher's round trip (tens of microseconds per op)."""
+    return torch.compiler.is_compiling() or type(t) is not torch.Tensor

@@ -162,6 +162,10 @@ def latent_backward(
     grad_z: Optional[Tensor], grad_kl: Optional[Tensor], row_offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of mu and logvar given grad_z (per element) and grad_kl (per row)."""
+    return _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset)
+
+
+def _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     impl = _triton_backward if _backend.use_triton(mu.device) else _torch_backward
     return impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset)
 
@@ -184,7 +188,9 @@ def _backward(ctx, grad_z, grad_kl):
     grad_kl = grad_kl if ctx.compute_kl else None
     grad_mu = grad_lv = grad_eps = None
     if grad_z is not None or grad_kl is not None:
-        grad_mu, grad_lv = latent_backward(mu, logvar, eps, seed, grad_z, grad_kl, ctx.row_offset)
+        # Traced: the registered op; eager: its body, without the dispatcher's round trip.
+        backward = latent_backward if _backend.tracing(mu) else _backward_impl
+        grad_mu, grad_lv = backward(mu, logvar, eps, seed, grad_z, grad_kl, ctx.row_offset)
     if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
         grad_eps = (grad_z * torch.exp(0.5 * logvar.to(grad_z.dtype))).to(eps.dtype)
     return grad_mu, grad_lv, grad_eps, None, None, None, None

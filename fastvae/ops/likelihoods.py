@@ -279,13 +279,14 @@ def _(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_log_s
     return out, gx, gls
 
 
+def _scale_rows(buf: Tensor, grad: Tensor) -> None:
+    (_triton_scale_rows if _backend.use_triton(buf.device) else _torch_scale_rows)(buf, grad)
+
+
 @torch.library.custom_op("fastvae::scale_rows_", mutates_args=("buf",))
 def scale_rows_(buf: Tensor, grad: Tensor) -> None:
     """buf[r] *= grad[r] (grad of shape (B,)) or buf *= grad (0-dim), in place."""
-    if _backend.use_triton(buf.device):
-        _triton_scale_rows(buf, grad)
-    else:
-        _torch_scale_rows(buf, grad)
+    _scale_rows(buf, grad)
 
 
 @scale_rows_.register_fake
@@ -300,6 +301,10 @@ def nll_rescale_(
 ) -> None:
     """Backward for float16/bfloat16 buffers: recompute, with ``grad`` folded in before the one
     rounding, the rows whose grad is not 1 (scaling the stored gradient would round twice)."""
+    _rescale(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad)
+
+
+def _rescale(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad) -> None:
     impl = _triton_rescale if _backend.use_triton(x.device) else _torch_rescale
     impl(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad)
 
@@ -323,11 +328,6 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _tracing(t: Tensor) -> bool:
-    """True under torch.compile / AOT tracing, where backward must stay functional."""
-    return torch.compiler.is_compiling() or type(t) is not torch.Tensor
-
-
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -337,7 +337,7 @@ def _backward(ctx, grad_out, _grad_gx, _grad_gls):
     x, target, log_scale, gx, gls = ctx.saved_tensors
     log_scale_value, kind, reduction, grad_x, grad_ls = ctx.args
     element_ls = grad_ls and log_scale.dim() > 0
-    if _tracing(grad_out):
+    if _backend.tracing(grad_out):
         # Under torch.compile: functional, so the compiler sees (and may fuse) a plain multiply.
         if grad_x:
             gx = gx * _per_row(grad_out, gx).to(gx.dtype)
@@ -350,14 +350,15 @@ def _backward(ctx, grad_out, _grad_gx, _grad_gls):
         ctx.consumed = True
         # In place through .data: the multiply must not bump the saved buffers' versions, so that a
         # retained graph can still unpack them on a second backward (which recomputes, above).
+        # The ops' bodies are called directly: in eager mode the dispatcher adds nothing but time.
         if (grad_x and gx.dtype in _HALF) or (element_ls and gls.dtype in _HALF):
-            nll_rescale_(gx.data, gls.data if element_ls else gls.new_empty((0,)), x, target, log_scale,
-                         log_scale_value, kind, reduction, grad_out)
+            _rescale(gx.data, gls.data if element_ls else gls.new_empty((0,)), x, target, log_scale,
+                     log_scale_value, kind, reduction, grad_out)
         else:
             if grad_x:
-                scale_rows_(gx.data, grad_out)
+                _scale_rows(gx.data, grad_out)
             if element_ls:
-                scale_rows_(gls.data, grad_out)
+                _scale_rows(gls.data, grad_out)
     grad_input = grad_target = grad_log_scale = None
     if grad_x:
         if ctx.needs_input_grad[0]:
