@@ -5,7 +5,8 @@ transcendental (log-sigmoid) that eager PyTorch evaluates slowly; no arrangement
 beats ``F.binary_cross_entropy_with_logits`` by much.  Here the per-element formulas of
 ``kernels/likelihoods.py`` are written directly and compiled into one loop that reads x and t
 once, computes ``exp(-|x|)`` once for both the loss and the gradient, and writes the gradient
-once, which is what the Triton kernels do on the GPU.
+once, which is what the Triton kernels do on the GPU.  (One loop only when the gradient's scale
+comes as a (B, 1) column: see ``_fused_forward`` in ``likelihoods.py``.)
 
 The latent ops with in-kernel noise compile their own PyTorch-path functions through :func:`call`
 (``latent.py``): Inductor turns the Philox twin, ``z`` and the KL into four loops (it keeps the
@@ -126,7 +127,7 @@ def nll_rows(kind: int, x: Tensor, t: Tensor, s: Tensor, scale: Tensor, compute:
              gx_dtype: Optional[torch.dtype], gs_elem_dtype: Optional[torch.dtype], want_gs: bool):
     """(rows, grad_x or None, grad_s or None) for (B, D) views x, t and s (0-dim or (B, D)).
 
-    ``scale`` (0-dim or (B, 1)) multiplies the gradients; grad_s is per element (scaled, in
+    ``scale`` ((B, 1): one fused loop; 0-dim: two) multiplies the gradients; grad_s is per element (scaled, in
     ``gs_elem_dtype``) when that dtype is given, else the unscaled per-row sums.  Returns None when
     the fused loop is unavailable, and the caller uses the eager path.
     """

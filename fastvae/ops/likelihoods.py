@@ -138,7 +138,12 @@ def _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
         s = log_scale
     else:
         s = torch.full((), log_scale_value, dtype=dtype)
-    scale = torch.full((), 1.0 / _grad_div(B, reduction), dtype=dtype)
+    # The gradient's scale as a (B, 1) column, even where one value would do: a broadcast column keeps
+    # Inductor's gradient loop 2-D, so it fuses with the (B, D) row sums into one pass over x and t.
+    # With a 0-dim scale the gradient loop is flattened to 1-D and cannot fuse; the Bernoulli loop
+    # then keeps exp(-|x|) in a buffer the size of x and reads x and t twice: 1.6x slower at 2^27
+    # elements (bench/NOTES.md), twice the peak memory, faster only while everything sits in cache.
+    scale = torch.full((B, 1), 1.0 / _grad_div(B, reduction), dtype=dtype)
     if grad_scale is not None:
         scale = grad_scale.to(dtype).reshape((-1, 1) if grad_scale.dim() else ()) * scale
     want_gs = grad_ls and kind in (1, 3)
