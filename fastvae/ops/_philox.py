@@ -74,7 +74,7 @@ def exp_m1_m(x: torch.Tensor) -> torch.Tensor:
     for |x| < 1/2, as in ``kernels.latent._exp_m1_m``.
     """
     if x.dtype != torch.float64:
-        return torch.expm1(x) - x
+        return torch.expm1(x).sub_(x)  # in place: one buffer of x's size, not two
     term = 0.5 * x * x
     series = term
     for k in range(3, 19):

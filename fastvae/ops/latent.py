@@ -89,7 +89,9 @@ def _forward_math(mu, logvar, eps, seed, write_z, compute_kl, row_offset, dtype,
     if write_z:
         z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(z_dtype)
     if compute_kl:
-        kl = (0.5 * (m * m + exp_m1_m(lv))).reshape(mu.shape[0], -1).sum(1) if mu.numel() else \
+        # exp_m1_m returns a fresh tensor: mu^2 is added into it in place (one buffer of mu's size),
+        # and the halving, exact in binary, comes after the row sums.
+        kl = exp_m1_m(lv).addcmul_(m, m).reshape(mu.shape[0], -1).sum(1).mul_(0.5) if mu.numel() else \
             torch.zeros((mu.shape[0],), dtype=dtype, device=mu.device)
     return z, kl
 
@@ -105,7 +107,7 @@ def _backward_math(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, dtype):
     if grad_kl is not None:
         g = grad_kl.to(dtype).reshape((-1,) + (1,) * (mu.dim() - 1))
         kl_mu = g * m
-        kl_lv = 0.5 * g * torch.expm1(lv)  # d/dlogvar of the KL; expm1 is accurate near 0
+        kl_lv = torch.expm1(lv).mul_(0.5 * g)  # d/dlogvar of the KL (expm1: accurate near 0), in place
         grad_mu = kl_mu if grad_mu is None else grad_mu + kl_mu
         grad_lv = kl_lv if grad_lv is None else grad_lv + kl_lv
     if grad_mu is None:
