@@ -543,26 +543,24 @@ def time_calls(calls: Sequence[Callable], device, rep_ms: Optional[float] = None
     if cuda:
         rep_ms = 100.0 if rep_ms is None else rep_ms
         warmup_ms = 25.0 if warmup_ms is None else warmup_ms
+
+        def event_timed(count):
+            """Milliseconds of ``count`` calls, each between its own pair of CUDA events."""
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(count)]
+            _sync(device)
+            for i, (a, b) in enumerate(events):
+                timed(i, a.record, b.record)
+            _sync(device)
+            return [a.elapsed_time(b) for a, b in events]
+
         for i in range(n):
             timed(i)
-        probe = max(3, n)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(probe)]
-        _sync(device)
-        for i, (a, b) in enumerate(events):
-            timed(i, a.record, b.record)
-        _sync(device)
-        est_ms = max(statistics.median(a.elapsed_time(b) for a, b in events), 1e-3)
+        est_ms = max(statistics.median(event_timed(max(3, n))), 1e-3)
         for i in range(max(n, math.ceil(warmup_ms / est_ms))):
             timed(i)
         reps = int(min(2000, max(20, math.ceil(rep_ms / est_ms))))
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(reps)]
-        _sync(device)
-        for i, (a, b) in enumerate(events):
-            timed(i, a.record, b.record)
-        _sync(device)
-        times = [a.elapsed_time(b) * 1e-3 for a, b in events]
+        times = [ms * 1e-3 for ms in event_timed(reps)]
     else:
         rep_s = (200.0 if rep_ms is None else rep_ms) * 1e-3
         warmup_s = (0.0 if warmup_ms is None else warmup_ms) * 1e-3

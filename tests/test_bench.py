@@ -203,3 +203,33 @@ def test_interrupted_run_keeps_finished_groups_and_merge_carries_on(tmp_path, mo
     assert "partial" not in merged
     assert sorted(c["op"] for c in merged["cases"]) == ["laplace_nll", "mse"]
     assert len(merged["runs"]) == 2
+
+
+def test_cuda_event_timing_path_without_a_gpu(monkeypatch):
+    """The CUDA branch of time_calls (probe, warm-up, timed calls between event pairs) with CUDA
+    events and synchronize stood in for by host clocks, so it runs where no GPU is."""
+    import time as _time
+
+    class HostEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = _time.perf_counter()
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    calls = []
+
+    def call(i):
+        calls.append(i)
+        _time.sleep(0.001)
+
+    result = fb.time_calls([lambda: call(0), lambda: call(1)], "cuda", rep_ms=30.0, warmup_ms=5.0)
+    assert 20 <= result["reps"] <= 40
+    assert 0.0009 <= result["min_s"] <= result["q25_s"] <= result["median_s"] <= result["q75_s"]
+    assert result["median_s"] < 0.05
+    assert set(calls) == {0, 1}
