@@ -57,7 +57,9 @@ __all__ = [
 ]
 
 SCHEMA = "fastvae-bench/1"
-OPS = ("reparameterize_kl", "bernoulli_nll", "gaussian_nll", "mse", "laplace_nll", "beta_vae_loss")
+OPS = ("reparameterize_kl", "bernoulli_nll", "gaussian_nll", "mse", "laplace_nll", "beta_vae_loss", "training_step")
+#: The small-batch training pattern (op ``training_step``): (batch, pixels, latent) of each case.
+TRAINING_SIZES = ((16, 64, 8), (16, 4096, 10), (64, 4096, 10), (256, 4096, 10), (1024, 4096, 10), (4096, 4096, 32))
 MODES = ("fwd", "bwd", "fwd+bwd")
 PROVIDERS = ("fastvae", "eager", "compile")
 DTYPES = ("float32", "bfloat16")
@@ -141,6 +143,23 @@ def fastvae_beta_vae_loss(recon, target, mu, logvar, beta=BETA):
     return tuple(_fv().beta_vae_loss(recon, target, mu, logvar, beta=beta, likelihood="bernoulli"))
 
 
+# The training pattern: z and the per-sample rate from the latent, the decoder (here a given upstream
+# gradient for z, so that no decoder op is timed), the loss of both, backward into recon, mu and logvar.
+
+def eager_training_step(mu, logvar, recon, target, beta=BETA):
+    std = torch.exp(0.5 * logvar)
+    z = mu + torch.randn_like(std) * std
+    distortion = F.binary_cross_entropy_with_logits(recon, target, reduction="none").flatten(1).sum(1).mean()
+    rate = (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)).mean()
+    return distortion + beta * rate, z
+
+
+def fastvae_training_step(mu, logvar, recon, target, beta=BETA):
+    fv = _fv()
+    z, rate = fv.reparameterize_kl(mu, logvar, reduction="none")
+    return fv.beta_vae_loss(recon, target, rate=rate, beta=beta).loss, z
+
+
 # --------------------------------------------------------------------------------------------------
 # Byte floors: every input read once and every output written once, per pass.
 # --------------------------------------------------------------------------------------------------
@@ -197,6 +216,9 @@ def min_bytes(op: str, mode: str, batch: int, sample_size: int, latent_dim: int,
         return _bytes_likelihood(mode, batch, sample_size, itemsize)
     if op == "beta_vae_loss":
         return _bytes_beta_vae_loss(mode, batch, sample_size, latent_dim, itemsize)
+    if op == "training_step":  # the latent pass and the likelihood pass, each at its floor
+        return (_bytes_reparameterize_kl(mode, batch, latent_dim, itemsize)
+                + _bytes_likelihood(mode, batch, sample_size, itemsize))
     raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
 
@@ -224,6 +246,7 @@ _SPECS = {
     "mse": _OpSpec("mse", eager_mse, fastvae_mse, 1, False),
     "laplace_nll": _OpSpec("laplace_nll", eager_laplace_nll, fastvae_laplace_nll, 1, False),
     "beta_vae_loss": _OpSpec("beta_vae_loss", eager_beta_vae_loss, fastvae_beta_vae_loss, 1, True),
+    "training_step": _OpSpec("training_step", eager_training_step, fastvae_training_step, 2, True),
 }
 
 
@@ -277,6 +300,7 @@ class BenchConfig:
     rotate: bool = True                   # cycle input sets past the cache
     copy_bytes: Optional[int] = None      # size of the copy_ that measures the bandwidth
     threads: Optional[int] = None         # torch.set_num_threads for the run (CPU); None: leave it
+    training_sizes: Sequence[tuple] = TRAINING_SIZES  # (batch, pixels, latent) of the training_step sweep
     seed: int = 0
     quiet: bool = False
 
@@ -293,6 +317,7 @@ class BenchConfig:
         d["max_elements"] = self.resolved_max_elements
         for key in ("ops", "modes", "providers", "dtypes"):
             d[key] = list(d[key])
+        d["training_sizes"] = [list(t) for t in d["training_sizes"]]
         return d
 
 
@@ -318,6 +343,8 @@ def iter_cases(config: BenchConfig) -> Iterator[Case]:
     for op in config.ops:
         if op not in _SPECS:
             raise ValueError(f"op must be one of {OPS}, got {op!r}")
+        if op == "training_step":
+            continue  # its own sweep, interleaved: training_cases()
         if op == "reparameterize_kl":
             size, latent = config.latent_dim, 0
         else:
@@ -368,6 +395,12 @@ def make_inputs(case: Case, device, generator: Optional[torch.Generator] = None)
         mu = leaf(torch.randn(B, L, **kw))
         logvar = leaf(torch.randn(B, L, **kw).mul_(0.5))
         return _InputSet((x, target, mu, logvar), (x, mu, logvar), ())
+    if case.op == "training_step":
+        L = case.latent_dim
+        mu = leaf(torch.randn(B, L, **kw))
+        logvar = leaf(torch.randn(B, L, **kw).mul_(0.5))
+        grad_z = torch.randn(B, L, **kw)   # what the decoder would send back
+        return _InputSet((mu, logvar, x, target), (x, mu, logvar), (grad_z,))
     return _InputSet((x, target), (x,), ())
 
 
@@ -588,6 +621,59 @@ def time_calls(calls: Sequence[Callable], device, rep_ms: Optional[float] = None
             "reps": len(times)}
 
 
+def time_interleaved(prepared: Sequence["Prepared"], device, rep_ms: Optional[float] = None,
+                     warmup_ms: Optional[float] = None) -> list[dict]:
+    """Median time of one call of each prepared case, the cases timed in turn call by call (one call of
+    each per round), so a drift of the machine (clock, load, cache) falls on all of them alike.
+
+    Each call is timed whole: on CUDA a pair of CUDA events around it, so that host-bound gaps count
+    (``median_s``), and ``perf_counter`` around it for the host time (``host_median_s``); on CPU the
+    two are the same clock.  Rounds: ``warmup_ms`` (default 25 ms CUDA, 100 ms CPU) untimed, then
+    until ``rep_ms`` (default 200 ms CUDA, 1000 ms CPU) passed and at least 20 rounds, at most 2000.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    rep_s = (200.0 if cuda else 1000.0) * 1e-3 if rep_ms is None else rep_ms * 1e-3
+    warm_s = (25.0 if cuda else 100.0) * 1e-3 if warmup_ms is None else warmup_ms * 1e-3
+    k = len(prepared)
+    host = [[] for _ in range(k)]
+    events = [[] for _ in range(k)]
+
+    def one_round(i, timed):
+        for j, p in enumerate(prepared):
+            call = p.calls[i % len(p.calls)]
+            if timed and cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+            t0 = time.perf_counter()
+            call()
+            t1 = time.perf_counter()
+            if timed:
+                host[j].append(t1 - t0)
+                if cuda:
+                    b.record()
+                    events[j].append((a, b))
+
+    t0, i = time.perf_counter(), 0
+    while i < 2 or time.perf_counter() - t0 < warm_s:
+        one_round(i, False)
+        i += 1
+    _sync(device)
+    t0, rounds = time.perf_counter(), 0
+    while rounds < 2000 and (rounds < 20 or time.perf_counter() - t0 < rep_s):
+        one_round(i, True)
+        i += 1
+        rounds += 1
+    _sync(device)
+    out = []
+    for j in range(k):
+        times = [a.elapsed_time(b) * 1e-3 for a, b in events[j]] if cuda else host[j]
+        q = statistics.quantiles(times, n=4)
+        out.append({"median_s": statistics.median(times), "min_s": min(times), "q25_s": q[0], "q75_s": q[2],
+                    "reps": len(times), "host_median_s": statistics.median(host[j])})
+    return out
+
+
 PEAK_MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated during one call minus torch.cuda.memory_allocated before it",
     "cpu": "torch.profiler (profile_memory=True) allocation events of one call: peak of the running sum of "
@@ -772,6 +858,7 @@ def _record(case: Case) -> dict:
         "shape": case.shape, "numel": case.numel, "min_bytes": case.min_bytes, "input_sets": None,
         "median_ms": None, "min_ms": None, "q25_ms": None, "q75_ms": None, "reps": None,
         "gbps": None, "frac_copy_bw": None, "peak_mem_bytes": None, "error": None,
+        "host_ms": None, "timer": "per-case",
     }
 
 
@@ -793,6 +880,42 @@ def measure(case: Case, prepared: Prepared, device, config: BenchConfig, copy_gb
         record["peak_mem_bytes"], _ = peak_memory(lambda: prepared.calls[0](graph), device)
         del graph
     return record
+
+
+def training_cases(config: BenchConfig) -> Iterator[list[Case]]:
+    """The training-pattern sweep (op ``training_step``, fwd+bwd): per size and dtype, the providers'
+    cases, which are timed together, interleaved."""
+    if "training_step" not in config.ops:
+        return
+    for dtype in config.dtypes:
+        for batch, pixels, latent in config.training_sizes:
+            if batch * pixels <= config.resolved_max_elements:
+                yield [Case("training_step", "fwd+bwd", p, dtype, batch, pixels, latent) for p in config.providers]
+
+
+def _measure_training(group: list[Case], device, config: BenchConfig, copy_gbps: Optional[float]) -> list[dict]:
+    records = [_record(c) for c in group]
+    prepared = []
+    try:
+        sets = make_input_sets(group[0], device, rotate=config.rotate, seed=config.seed)
+        prepared = [prepare(c, device, sets=sets) for c in group]
+        timings = time_interleaved(prepared, device, rep_ms=config.rep_ms, warmup_ms=config.warmup_ms)
+        for case, p, record, timing in zip(group, prepared, records, timings):
+            t = timing["median_s"]
+            record.update(input_sets=len(sets), median_ms=t * 1e3, min_ms=timing["min_s"] * 1e3,
+                          q25_ms=timing["q25_s"] * 1e3, q75_ms=timing["q75_s"] * 1e3, reps=timing["reps"],
+                          host_ms=timing["host_median_s"] * 1e3, gbps=case.min_bytes / t / 1e9,
+                          timer="interleaved")
+            if copy_gbps:
+                record["frac_copy_bw"] = record["gbps"] / copy_gbps
+            record["peak_mem_bytes"], _ = peak_memory(p.calls[0], device)
+    except Exception as err:   # record the failure (e.g. out of memory) and go on
+        for record in records:
+            record["error"] = f"{type(err).__name__}: {str(err)[:400]}"
+    finally:
+        for p in prepared:
+            p.release()
+    return records
 
 
 def run_benchmarks(config: BenchConfig, on_progress: Optional[Callable[[dict], None]] = None) -> dict:
@@ -882,6 +1005,18 @@ def _run_benchmarks(config: BenchConfig, device: torch.device, started: float,
                 _log(config, f"{case.id:<58} {record['median_ms']:9.4f} ms {record['gbps']:8.1f} GB/s "
                              f"{'' if frac is None else f'{frac:6.1%}'} of copy  peak "
                              f"{_fmt_bytes(record['peak_mem_bytes'])}")
+        for group in training_cases(config):
+            if on_progress is not None and report["cases"]:
+                on_progress(report)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            for case, record in zip(group, _measure_training(group, device, config, copy["gbps"])):
+                report["cases"].append(record)
+                if record["error"]:
+                    _log(config, f"{case.id:<58} ERROR {record['error'][:120]}")
+                else:
+                    _log(config, f"{case.id:<58} {record['median_ms']:9.4f} ms (host {record['host_ms']:.4f} ms, "
+                                 f"interleaved)")
     sets = None
     report["wall_s"] = time.perf_counter() - started
     _log(config, f"done: {len(report['cases'])} cases in {report['wall_s']:.0f} s")
@@ -1075,12 +1210,35 @@ def summary_markdown(report: dict, plot_links: Iterable[str] = ()) -> str:
             lines.append(f"| {dtype} | {shape} | {_ms(fast)} | {_ms(eager)} | {_ms(comp)} | "
                          f"{_speedup(fast, eager)} | {_speedup(fast, comp)} |")
         lines.append("")
+    op = "training_step"
+    if any(c["op"] == op for c in cases):
+        cuda = dev["type"] == "cuda"
+        lines += ["**The training pattern, fwd+bwd** (`reparameterize_kl` + `beta_vae_loss(rate=...)`, bernoulli, "
+                  f"beta={BETA:g}; the providers timed in turn, call by call; "
+                  + ("CUDA events around each whole call, host time beside it" if cuda else "host time") + ")", "",
+                  "| dtype | batch x pixels, latent | fastvae ms | eager ms | compile ms | vs eager | vs compile |"
+                  + (" fastvae host ms |" if cuda else ""),
+                  "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
+        sizes = sorted({(c["batch"], c["sample_size"], c["latent_dim"]) for c in cases if c["op"] == op})
+        for dtype in dtypes:
+            for batch, pixels, latent in sizes:
+                key = dict(op=op, dtype=dtype, batch=batch, sample_size=pixels, latent_dim=latent)
+                fast, eager, comp = (_find(cases, provider=p, **key) for p in PROVIDERS)
+                if fast is None and eager is None:
+                    continue
+                host = f" {fast['host_ms']:.3f} |" if cuda and fast and fast.get("host_ms") is not None else \
+                    (" n/a |" if cuda else "")
+                lines.append(f"| {dtype} | {batch}x{pixels}, {latent} | {_ms(fast)} | {_ms(eager)} | {_ms(comp)} | "
+                             f"{_speedup(fast, eager)} | {_speedup(fast, comp)} |" + host)
+        lines.append("")
     providers = [p for p in PROVIDERS if any(c["provider"] == p for c in cases)]
     header = "| op | mode | size | " + " | ".join(f"{p} {d}" for d in dtypes for p in providers) + " |"
     lines += ["**Achieved bandwidth at the largest size**: GB/s = min bytes / median time "
               "(fraction of copy bandwidth)", "", header,
               "|---|---|---|" + "---:|" * (len(dtypes) * len(providers))]
     for op in OPS:
+        if op == "training_step":
+            continue
         for mode in MODES:
             if not any(c["op"] == op and c["mode"] == mode for c in cases):
                 continue

@@ -14,7 +14,10 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .ops import KINDS, REDUCTIONS, draw_seed, latent_forward, nll_forward
+from .ops.latent import draw_seed, latent
+from .ops.likelihoods import KINDS
+from .ops.objective import loss as _loss
+from .ops.reduction import NONE, REDUCTIONS
 
 __all__ = [
     "VAELoss", "reparameterize", "gaussian_kl", "reparameterize_kl", "bernoulli_nll",
@@ -64,9 +67,14 @@ def _check_reduction(reduction) -> int:
 
 
 def _check_scalar(name: str, value, device: torch.device) -> Scalar:
+    if type(value) is float:  # the common case first: an isinstance against numbers.Real costs a microsecond
+        return value
     if isinstance(value, Tensor):
         if value.dim() != 0:
-            raise ValueError(f"{name} must be a float or a 0-dim tensor, got a tensor of shape {tuple(value.shape)}")
+            if value.numel() != 1:
+                raise ValueError(f"{name} must be a float or a one-element tensor, got a tensor of shape "
+                                 f"{tuple(value.shape)}")
+            value = value.reshape(())  # a (1,) capacity or beta, as other libraries keep them: a view
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
         if value.device != device and value.device.type != "cpu":
@@ -80,6 +88,8 @@ def _check_scalar(name: str, value, device: torch.device) -> Scalar:
 
 def _check_log_scale(log_scale, target: Tensor) -> tuple[Optional[Tensor], float]:
     """(tensor or None, float value) for the op; a float log_scale travels as the value."""
+    if type(log_scale) is float:
+        return None, log_scale
     if isinstance(log_scale, Tensor):
         if not log_scale.is_floating_point():
             raise TypeError(f"log_scale must be a floating-point tensor, got dtype {log_scale.dtype}")
@@ -105,6 +115,8 @@ def _check_generator(generator: Optional[torch.Generator], device: torch.device)
 
 
 def _check_row_offset(row_offset) -> int:
+    if type(row_offset) is int and row_offset >= 0:
+        return row_offset
     if isinstance(row_offset, bool) or not isinstance(row_offset, numbers.Integral):
         raise TypeError(f"row_offset must be an int, got {type(row_offset).__name__}")
     if row_offset < 0:
@@ -112,14 +124,9 @@ def _check_row_offset(row_offset) -> int:
     return int(row_offset)
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _reduce(rows: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return rows
-    return rows.mean() if reduction == "mean" else rows.sum()
+def _check_latent(mu, logvar) -> None:
+    _check_tensor("mu", mu)
+    _check_like("logvar", logvar, "mu", mu)
 
 
 # ----------------------------------------------------------------------------- latent ops
@@ -129,9 +136,9 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
                    generator: Optional[torch.Generator] = None, row_offset: int = 0) -> Tensor:
     r"""Sample :math:`z = \mu + e^{\text{logvar}/2} \odot \epsilon`, differentiably.
 
-    Without ``eps`` the standard normal noise is generated inside the kernel from a Philox
-    seed drawn from ``generator`` (default: torch's generator for ``mu``'s device), never
-    written to memory and regenerated in backward; ``torch.manual_seed`` reproduces ``z``.
+    Without ``eps`` the standard normal noise is generated inside the kernel from a seed drawn
+    from ``generator`` (default: torch's generator for ``mu``'s device), never written to memory
+    and regenerated in backward; ``torch.manual_seed`` reproduces ``z``.
 
     Args:
         mu, logvar: ``(B, *)`` mean and log-variance of the diagonal Gaussian posterior.
@@ -144,15 +151,13 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
     Returns:
         ``z`` with ``mu``'s shape and dtype.
     """
-    _check_tensor("mu", mu)
-    _check_like("logvar", logvar, "mu", mu)
+    _check_latent(mu, logvar)
     if eps is not None:
         _check_like("eps", eps, "mu", mu)
     _check_generator(generator, mu.device)
     row_offset = _check_row_offset(row_offset)
     seed = draw_seed(mu.device, generator) if eps is None else None
-    z, _ = latent_forward(mu, logvar, eps, seed, True, False, row_offset)
-    return z
+    return latent(mu, logvar, eps, seed, True, False, row_offset)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, *, reduction: str = "mean") -> Tensor:
@@ -161,11 +166,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, *, reduction: str = "mean") -> Tenso
     Per sample, :math:`\tfrac12 \sum_j \mu_j^2 + e^{\text{logvar}_j} - \text{logvar}_j - 1`,
     computed in logvar space (``exp(logvar) - 1 - logvar`` without cancellation near 0).
     """
-    _check_tensor("mu", mu)
-    _check_like("logvar", logvar, "mu", mu)
-    _check_reduction(reduction)
-    _, rows = latent_forward(mu, logvar, None, None, False, True)
-    return _reduce(rows, reduction)
+    _check_latent(mu, logvar)
+    return latent(mu, logvar, None, None, False, True, 0, _check_reduction(reduction))
 
 
 def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
@@ -173,17 +175,22 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, 
                       row_offset: int = 0) -> tuple[Tensor, Tensor]:
     """``(reparameterize(mu, logvar, eps), gaussian_kl(mu, logvar))`` in one pass over mu and logvar:
     one kernel forward, one kernel backward.  ``generator`` and ``row_offset`` as in
-    :func:`reparameterize`."""
-    _check_tensor("mu", mu)
-    _check_like("logvar", logvar, "mu", mu)
+    :func:`reparameterize`.
+
+    With ``reduction='none'`` the KL is the per-sample rate ``(B,)`` that
+    ``beta_vae_loss(recon, target, rate=rate)`` takes, so the training step computes it once::
+
+        z, rate = fastvae.reparameterize_kl(mu, logvar, reduction="none")
+        loss, distortion, rate = fastvae.beta_vae_loss(decoder(z), x, rate=rate, beta=4.0)
+    """
+    _check_latent(mu, logvar)
     if eps is not None:
         _check_like("eps", eps, "mu", mu)
-    _check_reduction(reduction)
+    red = _check_reduction(reduction)
     _check_generator(generator, mu.device)
     row_offset = _check_row_offset(row_offset)
     seed = draw_seed(mu.device, generator) if eps is None else None
-    z, rows = latent_forward(mu, logvar, eps, seed, True, True, row_offset)
-    return z, _reduce(rows, reduction)
+    return latent(mu, logvar, eps, seed, True, True, row_offset, red)
 
 
 # ----------------------------------------------------------------------------- likelihoods
@@ -194,25 +201,25 @@ def _nll(kind: str, input_name: str, input: Tensor, target: Tensor, log_scale, r
     _check_like("target", target, input_name, input)
     red = _check_reduction(reduction)
     ls_tensor, ls_value = _check_log_scale(log_scale, target)
-    grad_x = _needs_grad(input, target)
-    grad_ls = _needs_grad(ls_tensor)
-    loss, _, _ = nll_forward(input, target, ls_tensor, ls_value, KINDS[kind], red, grad_x, grad_ls)
-    return loss
+    return _loss(input, target, ls_tensor, ls_value, KINDS[kind], red)
 
 
 def bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
-    r"""Binary cross-entropy from logits, summed per sample: the Bernoulli decoder's NLL.
+    r"""Bernoulli NLL from **logits** (not probabilities): binary cross-entropy summed per sample,
+    ``'mean'`` the batch mean of those per-sample sums.
 
     Per element :math:`\max(x, 0) - x t + \log(1 + e^{-|x|})`, stable for any logit;
     targets anywhere in [0, 1].  Equals
     ``F.binary_cross_entropy_with_logits(logits, target, reduction='none').flatten(1).sum(1)``
-    reduced over the batch.
+    reduced over the batch.  A decoder that ends in ``sigmoid`` must drop it: passing
+    probabilities as logits computes a different, wrong loss.
     """
     return _nll("bernoulli", "logits", logits, target, 0.0, reduction)
 
 
 def gaussian_nll(mean: Tensor, target: Tensor, *, log_scale: Scalar = 0.0, reduction: str = "mean") -> Tensor:
-    r"""Gaussian decoder's NLL, summed per sample.
+    r"""Gaussian NLL of the target under the decoder's **mean** (not a sample), summed per sample,
+    ``'mean'`` the batch mean of those per-sample sums.
 
     Per element :math:`\tfrac12 ((x - \mu)/\sigma)^2 + \log\sigma + \tfrac12\log 2\pi`,
     :math:`\sigma = e^{\text{log\_scale}}`.  ``log_scale`` is a float, a 0-dim tensor (one
@@ -222,13 +229,15 @@ def gaussian_nll(mean: Tensor, target: Tensor, *, log_scale: Scalar = 0.0, reduc
 
 
 def mse(recon: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
-    """Per-sample sum of squared errors: ``F.mse_loss(recon, target, reduction='none').flatten(1).sum(1)``,
-    reduced over the batch."""
+    """Squared error summed per sample (not averaged per pixel), ``'mean'`` the batch mean of those
+    per-sample sums: ``F.mse_loss(recon, target, reduction='none').flatten(1).sum(1)`` reduced over the
+    batch."""
     return _nll("mse", "recon", recon, target, 0.0, reduction)
 
 
 def laplace_nll(loc: Tensor, target: Tensor, *, log_scale: Scalar = 0.0, reduction: str = "mean") -> Tensor:
-    r"""Laplace decoder's NLL, summed per sample: :math:`|x - \mu|/b + \log 2b`, :math:`b = e^{\text{log\_scale}}`.
+    r"""Laplace NLL of the target under the decoder's **location**, summed per sample, ``'mean'`` the
+    batch mean of those per-sample sums: :math:`|x - \mu|/b + \log 2b`, :math:`b = e^{\text{log\_scale}}`.
 
     ``log_scale`` takes the same forms as in :func:`gaussian_nll`.
     """
@@ -238,37 +247,62 @@ def laplace_nll(loc: Tensor, target: Tensor, *, log_scale: Scalar = 0.0, reducti
 _NLL_INPUT_NAMES = {"bernoulli": "logits", "gaussian": "mean", "mse": "recon", "laplace": "loc"}
 
 
-def beta_vae_loss(recon: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *, beta: Scalar = 1.0,
-                  likelihood: str = "bernoulli", log_scale: Scalar = 0.0, capacity: Optional[Scalar] = None,
-                  reduction: str = "mean") -> VAELoss:
+def _check_rate(rate, recon: Tensor) -> Tensor:
+    _check_tensor("rate", rate)
+    if rate.dim() != 1 or rate.shape[0] != recon.shape[0]:
+        raise ValueError(
+            f"rate must be the per-sample KL of shape (B,) = ({recon.shape[0]},), as reparameterize_kl(..., "
+            f"reduction='none') returns it; got shape {tuple(rate.shape)}"
+        )
+    if rate.device != recon.device:
+        raise ValueError(f"rate must be on the same device as recon: expected {recon.device}, got {rate.device}")
+    return rate
+
+
+def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None, *,
+                  rate: Optional[Tensor] = None, beta: Scalar = 1.0, likelihood: str = "bernoulli",
+                  log_scale: Scalar = 0.0, capacity: Optional[Scalar] = None, reduction: str = "mean") -> VAELoss:
     r"""The beta-VAE objective: ``VAELoss(loss, distortion, rate)``.
 
-    distortion is the reconstruction NLL of ``likelihood`` ('bernoulli', 'gaussian', 'mse' or
-    'laplace'), rate the KL of the posterior from N(0, I), and
+    distortion is the reconstruction NLL of ``likelihood`` ('bernoulli' from logits, 'gaussian',
+    'mse' or 'laplace'), rate the KL of the posterior from N(0, I), and
     ``loss = distortion + beta * rate``.  With a ``capacity`` C (Burgess et al. 2018) the
     penalty is ``beta * |rate - C|``: for 'mean' on the batch-mean rate, for 'sum' B times that,
-    for 'none' per sample.  ``beta`` and ``capacity`` are floats or 0-dim tensors.
+    for 'none' per sample.  ``beta`` and ``capacity`` are floats or one-element tensors.
+
+    The rate comes either from ``mu`` and ``logvar`` (the KL is computed here) or as ``rate``, the
+    per-sample KL ``(B,)`` that ``reparameterize_kl(mu, logvar, reduction='none')`` returned with z:
+    then it is not computed again, and its gradient flows back through that op.  Give one or the
+    other.  Both forms give the same numbers; the second reads mu and logvar once instead of twice.
     """
     if likelihood not in KINDS:
         raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
     _check_tensor("recon", recon)
-    _check_tensor("mu", mu)
-    if mu.shape[0] != recon.shape[0]:
-        raise ValueError(f"mu must have recon's batch size: expected {recon.shape[0]}, got {mu.shape[0]}")
-    if mu.device != recon.device:
-        raise ValueError(f"mu must be on the same device as recon: expected {recon.device}, got {mu.device}")
-    _check_reduction(reduction)
+    if rate is not None:
+        if mu is not None or logvar is not None:
+            given = " and ".join(n for n, v in (("mu", mu), ("logvar", logvar)) if v is not None)
+            raise ValueError(f"beta_vae_loss takes either mu and logvar or rate, not both: got rate and {given}")
+        _check_rate(rate, recon)
+    elif mu is None or logvar is None:
+        if mu is None and logvar is None:
+            raise ValueError("beta_vae_loss needs the rate: give mu and logvar, or rate (the per-sample KL of "
+                             "reparameterize_kl(mu, logvar, reduction='none'))")
+        raise ValueError(f"beta_vae_loss needs both mu and logvar: {'logvar' if logvar is None else 'mu'} is missing")
+    else:
+        _check_latent(mu, logvar)
+        if mu.shape[0] != recon.shape[0]:
+            raise ValueError(f"mu must have recon's batch size: expected {recon.shape[0]}, got {mu.shape[0]}")
+        if mu.device != recon.device:
+            raise ValueError(f"mu must be on the same device as recon: expected {recon.device}, got {mu.device}")
+    red = _check_reduction(reduction)
     beta = _check_scalar("beta", beta, recon.device)
     if capacity is not None:
         capacity = _check_scalar("capacity", capacity, recon.device)
     if likelihood in ("bernoulli", "mse") and (isinstance(log_scale, Tensor) or log_scale != 0.0):
         raise ValueError(f"log_scale applies to the 'gaussian' and 'laplace' likelihoods, not {likelihood!r}")
-    distortion = _nll(likelihood, _NLL_INPUT_NAMES[likelihood], recon, target, log_scale, reduction)
-    rate = gaussian_kl(mu, logvar, reduction=reduction)
-    if capacity is None:
-        penalty = beta * rate
-    elif reduction == "sum":
-        penalty = beta * (rate - capacity * recon.shape[0]).abs()
-    else:
-        penalty = beta * (rate - capacity).abs()
-    return VAELoss(distortion + penalty, distortion, rate)
+    _check_like("target", target, "recon", recon)
+    ls_tensor, ls_value = _check_log_scale(log_scale, target)
+    if rate is None:
+        rate = latent(mu, logvar, None, None, False, True, 0, NONE)
+    return VAELoss(*_loss(recon, target, ls_tensor, ls_value, KINDS[likelihood], red, rate=rate, beta=beta,
+                          capacity=capacity))

@@ -58,7 +58,7 @@ class BetaVAELoss(nn.Module):
 
     Shape:
         - recon, target: ``(B, *)``, the same shape.
-        - mu, logvar: ``(B, *)``, the same shape.
+        - mu, logvar: ``(B, *)``, the same shape; or rate: ``(B,)``.
         - Output: :class:`fastvae.VAELoss` ``(loss, distortion, rate)``, each a scalar, or ``(B,)`` with
           ``reduction='none'``.
     """
@@ -79,13 +79,17 @@ class BetaVAELoss(nn.Module):
         self.reduction = reduction
 
     def forward(
-        self, recon: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, log_scale: Scalar = 0.0
+        self, recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None,
+        log_scale: Scalar = 0.0, *, rate: Optional[Tensor] = None,
     ) -> "F_.VAELoss":
+        """Give ``mu`` and ``logvar``, or ``rate``: the per-sample KL ``(B,)`` of
+        :func:`fastvae.reparameterize_kl` (or :class:`GaussianLatent`), which is then not computed again."""
         return F_.beta_vae_loss(
             recon,
             target,
             mu,
             logvar,
+            rate=rate,
             beta=self.beta,
             likelihood=self.likelihood,
             log_scale=log_scale,

@@ -235,19 +235,10 @@ def build_model(config: TrainConfig, sample_shape: tuple) -> nn.Module:
 def _eager_terms(recon: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, likelihood: str, log_scale) -> tuple:
     """Distortion and rate written the way they are usually written in PyTorch (the
     ``--loss-backend torch`` baseline): per-element losses, summed per sample, batch mean."""
-    if likelihood == "bernoulli":
-        nll = F.binary_cross_entropy_with_logits(recon, x, reduction="none")
-    elif likelihood == "mse":
-        nll = F.mse_loss(recon, x, reduction="none")
-    elif likelihood == "gaussian":
-        log_scale = torch.as_tensor(log_scale, dtype=torch.float32, device=x.device)
-        nll = 0.5 * ((x - recon) * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * math.log(2 * math.pi)
-    else:  # laplace
-        log_scale = torch.as_tensor(log_scale, dtype=torch.float32, device=x.device)
-        nll = torch.abs(x - recon) * torch.exp(-log_scale) + log_scale + math.log(2.0)
-    distortion = nll.flatten(1).sum(1).mean()
-    rate = (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)).mean()
-    return distortion, rate
+    from fastvae.ops import eager
+
+    distortion = eager.nll_rows(likelihood, recon, x, log_scale).mean()
+    return distortion, eager.kl_rows(mu, logvar).mean()
 
 
 class _Objective(nn.Module):
@@ -257,8 +248,11 @@ class _Objective(nn.Module):
     fused op from a seed drawn from ``generator`` (re-seeded from ``(seed, step)`` every step, the
     same on every rank) with ``row_offset`` = the rank's first row in the global batch, so each
     rank draws exactly its rows of the noise one process would draw for the whole batch.  The
-    eager ``--loss-backend torch`` draws the same noise with fastvae's PyTorch Philox, so the two
-    backends run the same training and differ only in how the loss is computed.
+    eager ``--loss-backend torch`` draws the same noise (``fastvae.ops.standard_normal``), so the
+    two backends run the same training and differ only in how the loss is computed.
+
+    The fused path is the training pattern of the README: ``reparameterize_kl`` gives z and the
+    per-sample rate in one pass, and ``beta_vae_loss(..., rate=rate)`` takes that rate.
 
     Returns ``(loss, loss_value, distortion, rate)``: ``loss`` is what is differentiated and
     ``loss_value`` the detached objective that is reported.  They differ only with a capacity across
@@ -277,26 +271,26 @@ class _Objective(nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator, row_offset: int, beta, capacity) -> tuple:
         import fastvae as fv
-        from fastvae.ops import draw_seed
-        from fastvae.ops._philox import philox_normal
+        from fastvae.ops import draw_seed, standard_normal
 
         model = self.model
         log_scale = model.log_scale if model.log_scale is not None else self.fixed_log_scale
         mu, logvar = model.encode(x)
         if self.backend == "fastvae":
-            z = fv.reparameterize(mu, logvar, generator=generator, row_offset=row_offset)
+            z, rate_rows = fv.reparameterize_kl(mu, logvar, generator=generator, reduction="none",
+                                                row_offset=row_offset)
         else:
             seed = draw_seed(mu.device, generator)
-            eps = philox_normal(seed, mu.shape[0], mu[0].numel(), row_offset).reshape(mu.shape).to(mu.dtype)
+            eps = standard_normal(seed, mu, row_offset).to(mu.dtype)
             z = mu + eps * torch.exp(0.5 * logvar)
         recon = model.decode(z).reshape(x.shape)
         global_capacity = capacity is not None and self.world_size > 1
         if self.backend == "fastvae" and not global_capacity:
-            loss, distortion, rate = fv.beta_vae_loss(recon, x, mu, logvar, beta=beta, likelihood=self.likelihood,
+            loss, distortion, rate = fv.beta_vae_loss(recon, x, rate=rate_rows, beta=beta, likelihood=self.likelihood,
                                                       log_scale=log_scale, capacity=capacity)
             return loss, loss.detach(), distortion.detach(), rate.detach()
         if self.backend == "fastvae":
-            _, distortion, rate = fv.beta_vae_loss(recon, x, mu, logvar, beta=0.0, likelihood=self.likelihood,
+            _, distortion, rate = fv.beta_vae_loss(recon, x, rate=rate_rows, beta=0.0, likelihood=self.likelihood,
                                                    log_scale=log_scale)
         else:
             distortion, rate = _eager_terms(recon, x, mu, logvar, self.likelihood, log_scale)

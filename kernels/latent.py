@@ -10,7 +10,8 @@ Forward, one pass over a (B, D) view of mu and logvar (``latent_forward_kernel``
 direct form cancels, so the KL keeps its relative precision for logvar near 0.
 
 Backward, one pass (``latent_backward_kernel``), with g_z the gradient of z and g_r the
-gradient of row r's KL (a stride-0 view when it is one value for every row):
+gradient of row r's KL (``grad_kl / kl_div``: one value for every row with gkl_stride 0 after a
+batch mean or sum, kl_div = B for the mean):
 
     d/dmu     = g_z + g_r * mu
     d/dlogvar = g_z * sigma * eps / 2 + g_r * (exp(logvar) - 1) / 2
@@ -26,14 +27,15 @@ The KL-only variant (``gaussian_kl``) reads 2s and writes nothing per element.
 
 Grid: (row blocks, column splits).  A program owns BLOCK_R rows and one contiguous split of
 the columns, loops over it BLOCK_D columns at a time, accumulates in float32 (float64 for
-float64 inputs) and writes one partial KL per (row, split); the launcher sums the splits.
+float64 inputs) and writes one partial KL per (row, split); ``objective.finish_kernel`` sums the
+splits and reduces over the batch when that is asked for.
 The split keeps the grid full when B is small and the rows are long; no atomics, so the
 sums are deterministic.  Offsets are 64-bit.
 """
 import triton
 import triton.language as tl
 
-from .tiles import load_tile, noise_tile, tile_columns, tile_rows, to_compute
+from .tiles import inv_div, load_tile, noise_tile, tile_columns, tile_rows, to_compute
 
 
 @triton.jit
@@ -88,7 +90,7 @@ def latent_forward_kernel(
 @triton.jit
 def latent_backward_kernel(
     mu_ptr, logvar_ptr, eps_ptr, seed_ptr, gz_ptr, gkl_ptr, gmu_ptr, glv_ptr,
-    B, D, mu_stride, logvar_stride, eps_stride, gz_stride, gkl_stride, split_cols, row_offset,
+    B, D, mu_stride, logvar_stride, eps_stride, gz_stride, gkl_stride, kl_div, split_cols, row_offset,
     HAS_EPS: tl.constexpr, HAS_GZ: tl.constexpr, HAS_GKL: tl.constexpr, FP64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -101,7 +103,9 @@ def latent_backward_kernel(
     else:
         seed = 0
     if HAS_GKL:
+        # the gradient of each row's KL: g_kl (one per row, or one for all with gkl_stride 0) / kl_div
         gkl = to_compute(tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0), FP64)[:, None]
+        gkl = gkl * inv_div(kl_div, FP64)
     for c0 in range(col_start, col_end, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = row_mask[:, None] & (cols < col_end)[None, :]

@@ -33,6 +33,16 @@ def to_compute(x, FP64: tl.constexpr):
 
 
 @triton.jit
+def inv_div(div, FP64: tl.constexpr):
+    """1 / div in the compute dtype, for an integer divisor (B for a batch mean, else 1)."""
+    if FP64:
+        inv = 1.0 / tl.full([], div, tl.float64)
+    else:
+        inv = 1.0 / tl.full([], div, tl.float32)
+    return inv
+
+
+@triton.jit
 def load_tile(ptr, rows2, row_stride, cols2, mask, FP64: tl.constexpr):
     """A (BLOCK_R, BLOCK_D) tile of a row-strided tensor in the compute dtype; 0 where masked."""
     return to_compute(tl.load(ptr + rows2 * row_stride + cols2, mask=mask, other=0.0), FP64)

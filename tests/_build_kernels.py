@@ -27,7 +27,7 @@ def signature(fn, pointer_types, constexprs):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = pointer_types.get(name, pointer_types["*"])
-        elif name == "ls_value":
+        elif name in ("ls_value", "beta_value", "cap_value"):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
@@ -56,15 +56,27 @@ def main():
     for dtype, kind, mode in itertools.product(("fp32", "bf16"), range(4), (0, 1, 2)):
         if kind in (0, 2) and mode:
             continue
-        ptrs = {"*": f"*{dtype}", "loss_ptr": "*fp32", "ls_ptr": "*fp32", "gls_ptr": "*fp32"}
-        for grad, rescale in ((False, False), (True, False), (True, True)):
-            build(lik.nll_forward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=grad, RESCALE=rescale,
-                                                     GRAD_LS=grad and kind in (1, 3) and not (rescale and mode == 1),
-                                                     FP64=False, BLOCK_R=1, BLOCK_D=4096))
-    build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=1, LS_MODE=1, GRAD_X=True, GRAD_LS=True, RESCALE=False, FP64=True,
+        ptrs = {"*": f"*{dtype}", "loss_ptr": "*fp32", "ls_ptr": "*fp32", "gls_ptr": "*fp32", "g_ptr": "*fp32",
+                "coef_ptr": "*fp32", "grate_ptr": "*fp32", "s_sum_ptr": "*fp32", "gs_ptr": "*fp32"}
+        for grad in (False, True):
+            build(lik.nll_forward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=grad,
+                                                     GRAD_LS=grad and kind in (1, 3), FP64=False, BLOCK_R=1,
+                                                     BLOCK_D=4096))
+        for recompute, g_scalar in itertools.product((False, True), (False, True)):
+            build(lik.nll_backward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=True,
+                                                      GRAD_LS=kind in (1, 3) and mode == 2, RECOMPUTE=recompute,
+                                                      HAS_RATE=True, SCALAR_GS=g_scalar and mode == 1,
+                                                      G_SCALAR=g_scalar, FP64=False, BLOCK_R=1, BLOCK_D=4096))
+    build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=1, LS_MODE=1, GRAD_X=True, GRAD_LS=True, FP64=True,
                                                        BLOCK_R=16, BLOCK_D=256))
-    for dtype in ("fp32", "bf16", "fp64"):
-        build(lik.scale_rows_kernel, {"*": f"*{dtype}", "g_ptr": "*fp32"}, dict(FP64=dtype == "fp64", BLOCK_R=1, BLOCK_D=4096))
+    objective = _backend.kernels("objective")
+    for fp64, reduction, has_rate, cap in itertools.product((False, True), (0, 1, 2), (False, True), (0, 1, 2)):
+        if cap and not has_rate:
+            continue
+        ptrs = {"*": "*fp64" if fp64 else "*fp32"}
+        build(objective.finish_kernel, ptrs, dict(REDUCTION=reduction, HAS_RATE=has_rate, BETA_PTR=cap == 2,
+                                                  HAS_CAP=cap > 0, CAP_PTR=cap == 2, HAS_S=not has_rate, FP64=fp64,
+                                                  BLOCK=1024), num_warps=4)
     return 0
 
 

@@ -6,9 +6,12 @@ is decorated).  On a machine with CUDA the kernels run compiled on the GPU inste
 backend); set FASTVAE_TEST_INTERPRET=1 there to force the interpreter (then the 'cuda' backend
 also goes through it).
 
-Backends (the ``backend`` fixture; each test selects one with FASTVAE_BACKEND):
+Backends (the ``backend`` fixture; each test selects one with fastvae.set_backend):
   torch   the PyTorch path on CPU tensors
   triton  the Triton kernels in the interpreter on CPU tensors (slow: small shapes only)
+  tiles   the same with the launchers forced to tiny tiles, several column splits and a short
+          persistent grid (``fastvae.ops._backend.small_tiles``), so the column-split, column-loop,
+          Philox-offset and persistent-loop paths of every kernel run on small inputs
   cuda    the Triton kernels on CUDA tensors (only when torch.cuda.is_available())
 
 Hypothesis profiles: 'default' (deadline=None, 50 examples, INTERPRETER_EXAMPLES times that in
@@ -49,8 +52,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    name: str        # 'torch', 'triton' (interpreter) or 'cuda'
-    env: str         # the FASTVAE_BACKEND value
+    name: str        # 'torch', 'triton' (interpreter), 'tiles' (interpreter, tiny tiles) or 'cuda'
+    env: str         # the fastvae.set_backend value
     device: str      # where the test tensors live
     max_elems: int   # largest tensor a property test may draw
     slow: bool       # the Triton interpreter: keep examples few and small
@@ -73,14 +76,16 @@ class Backend:
 BACKENDS = {
     "torch": Backend("torch", "torch", "cpu", 60_000, False),
     "triton": Backend("triton", "triton", "cpu", 2_000, True),
+    "tiles": Backend("tiles", "triton", "cpu", 600, True),
     "cuda": Backend("cuda", "triton", "cuda", 200_000, False),
 }
 
 
 def _backend_params():
     params = [pytest.param("torch", id="torch")]
-    params.append(pytest.param("triton", id="triton", marks=pytest.mark.skipif(
-        not INTERPRET, reason="TRITON_INTERPRET is off (set FASTVAE_TEST_INTERPRET=1)")))
+    for name in ("triton", "tiles"):
+        params.append(pytest.param(name, id=name, marks=pytest.mark.skipif(
+            not INTERPRET, reason="TRITON_INTERPRET is off (set FASTVAE_TEST_INTERPRET=1)")))
     if HAS_CUDA:
         params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
     return params
@@ -89,35 +94,54 @@ def _backend_params():
 BACKEND_PARAMS = _backend_params()
 
 
+def _selected(spec: Backend):
+    """Run the test with ``spec``'s backend (fastvae.set_backend), restored afterwards."""
+    import contextlib
+
+    import fastvae
+    from fastvae.ops import _backend
+
+    with fastvae.set_backend(spec.env), (_backend.small_tiles() if spec.name == "tiles" else contextlib.nullcontext()):
+        yield spec
+
+
 @pytest.fixture(params=BACKEND_PARAMS)
-def backend(request, monkeypatch) -> Backend:
-    """Every backend available here, selected for this test through FASTVAE_BACKEND."""
-    spec = BACKENDS[request.param]
-    monkeypatch.setenv("FASTVAE_BACKEND", spec.env)
-    return spec
+def backend(request):
+    """Every backend available here, selected for this test with fastvae.set_backend."""
+    yield from _selected(BACKENDS[request.param])
 
 
-@pytest.fixture(params=[p for p in BACKEND_PARAMS if p.values[0] in ("torch", "triton")])
-def cpu_backend(request, monkeypatch) -> Backend:
-    """The two CPU backends: the torch path and the Triton kernels in the interpreter."""
-    spec = BACKENDS[request.param]
-    monkeypatch.setenv("FASTVAE_BACKEND", spec.env)
-    return spec
+@pytest.fixture(params=[p for p in BACKEND_PARAMS if p.values[0] in ("torch", "triton", "tiles")])
+def cpu_backend(request):
+    """The CPU backends: the torch path and the Triton kernels in the interpreter (normal and tiny tiles)."""
+    yield from _selected(BACKENDS[request.param])
 
 
 @pytest.fixture
-def torch_backend(monkeypatch) -> Backend:
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
-    return BACKENDS["torch"]
+def torch_backend():
+    yield from _selected(BACKENDS["torch"])
 
 
 @pytest.fixture
-def triton_backend(monkeypatch) -> Backend:
+def triton_backend():
     """The Triton kernels on CPU tensors in the interpreter (skipped when it is off)."""
     if not INTERPRET:
         pytest.skip("TRITON_INTERPRET is off")
-    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
-    return BACKENDS["triton"]
+    yield from _selected(BACKENDS["triton"])
+
+
+@pytest.fixture
+def use_backend():
+    """``use_backend(name)``: switch this test to a backend by name (restored at the end)."""
+    import fastvae
+
+    previous = fastvae.get_backend()
+
+    def switch(name: str) -> None:
+        fastvae.set_backend(name)
+
+    yield switch
+    fastvae.set_backend(previous)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ backward through a retained graph, autocast, and gradients reaching the target."
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -151,6 +152,8 @@ def _sample_args():
         (t(3, 5, seed=1), t(3, 5, seed=2), None, None, False, True),
         (t(4, 6, seed=1, rg=False).double(), t(4, 6, seed=2, rg=False).double(), None, seed, True, True),
         (t(3, 5, seed=1), t(3, 5, seed=2), None, seed, True, True, 7),
+        (t(3, 5, seed=1), t(3, 5, seed=2), None, seed, True, True, 0, reductions["mean"]),
+        (t(3, 5, seed=1), t(3, 5, seed=2), None, None, False, True, 0, reductions["sum"]),
     ]
     # latent_backward is itself a backward (no double backward): its inputs need no grad
     s["latent_backward"] = [
@@ -161,30 +164,29 @@ def _sample_args():
         (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), None, None, None, t(3, seed=5, rg=False)),
         (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), None, seed, t(3, 5, seed=4, rg=False),
          t(3, seed=5, rg=False), 7),
+        (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), None, seed, t(3, 5, seed=4, rg=False),
+         t(seed=5, rg=False), 0, 3),
     ]
-    nll = []
+    objective = []
     for kind_name, kind in kinds.items():
         for red_name, red in reductions.items():
             target = t(3, 4, seed=7, rg=False, lo=True) if kind_name == "bernoulli" else t(3, 4, seed=7, rg=False)
-            nll.append((t(3, 4, seed=6), target, None, 0.0, kind, red, True, False))
+            rate = t(3, seed=9).abs()
+            # a likelihood alone; with a rate (float beta); with a tensor beta and a capacity
+            objective.append((t(3, 4, seed=6), target, None, 0.0, None, None, 1.0, None, 0.0, False, kind, red,
+                              True, False))
+            objective.append((t(3, 4, seed=6), target, None, 0.0, rate, None, 4.0, None, 0.0, False, kind, red,
+                              True, False))
+            objective.append((t(3, 4, seed=6), target, None, 0.0, rate, t(seed=10).abs(), 0.0, None, 0.5, True,
+                              kind, red, True, False))
             if kind_name in ("gaussian", "laplace"):
-                nll.append((t(3, 4, seed=6), target, t(seed=8), 0.0, kind, red, True, True))
-                nll.append((t(3, 4, seed=6), target, t(3, 4, seed=8), 0.0, kind, red, True, True))
-                nll.append((t(3, 4, seed=6, rg=False), target, None, 0.7, kind, red, False, False))
-    s["nll_forward"] = nll
-    s["scale_rows_"] = [
-        (t(3, 4, seed=9, rg=False), t(3, seed=10, rg=False)),
-        (t(3, 4, seed=9, rg=False), t(seed=10, rg=False)),
-        (t(2, 3, 4, seed=9, rg=False), t(2, seed=10, rg=False)),
-    ]
-    half = torch.bfloat16
-    s["nll_rescale_"] = [
-        (t(3, 4, seed=9, rg=False).to(half), torch.empty(0), t(3, 4, seed=6, rg=False), t(3, 4, seed=7, rg=False),
-         None, 0.0, kinds["mse"], reductions["none"], t(3, seed=10, rg=False)),
-        (t(3, 4, seed=9, rg=False).to(half), t(3, 4, seed=11, rg=False).to(half), t(3, 4, seed=6, rg=False),
-         t(3, 4, seed=7, rg=False), t(3, 4, seed=8, rg=False), 0.0, kinds["gaussian"], reductions["mean"],
-         t(seed=10, rg=False)),
-    ]
+                objective.append((t(3, 4, seed=6), target, t(seed=8), 0.0, None, None, 1.0, None, 0.0, False, kind,
+                                  red, True, True))
+                objective.append((t(3, 4, seed=6), target, t(3, 4, seed=8), 0.0, rate, None, 2.0, t(seed=11).abs(),
+                                  0.0, True, kind, red, True, True))
+                objective.append((t(3, 4, seed=6, rg=False), target, None, 0.7, None, None, 1.0, None, 0.0, False,
+                                  kind, red, False, False))
+    s["objective_forward"] = objective
     return s
 
 
@@ -346,3 +348,98 @@ def test_gradient_reaches_the_target(op, reduction, backend):
             continue
         assert a.grad is not None, f"no gradient for {name}"
         torch.testing.assert_close(a.grad.cpu().double(), r.grad, rtol=2e-5, atol=2e-6, msg=lambda m: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- higher order, transforms
+
+
+def _eager_objective(name, x, t, mu, lv, ls):
+    """The same objective in torch's own losses (float64), for second-order checks."""
+    import torch.nn.functional as F
+
+    if name == "bernoulli_nll":
+        return F.binary_cross_entropy_with_logits(x, t, reduction="none").sum(1).mean()
+    if name == "gaussian_nll":
+        return (0.5 * ((t - x) * torch.exp(-ls)) ** 2 + ls + 0.5 * math.log(2 * math.pi)).sum(1).mean()
+    if name == "gaussian_kl":
+        return (-0.5 * (1 + lv - mu ** 2 - lv.exp()).sum(1)).sum()
+    rows = F.binary_cross_entropy_with_logits(x, t, reduction="none").sum(1)
+    kl = -0.5 * (1 + lv - mu ** 2 - lv.exp()).sum(1)
+    return (rows + 3.0 * kl).mean()
+
+
+def _fused_objective(name, x, t, mu, lv, ls):
+    if name == "bernoulli_nll":
+        return fv.bernoulli_nll(x, t)
+    if name == "gaussian_nll":
+        return fv.gaussian_nll(x, t, log_scale=ls)
+    if name == "gaussian_kl":
+        return fv.gaussian_kl(mu, lv, reduction="sum")
+    _, rate = fv.reparameterize_kl(mu, lv, torch.zeros_like(mu), reduction="none")
+    return fv.beta_vae_loss(x, t, rate=rate, beta=3.0).loss
+
+
+@pytest.mark.parametrize("name", ["bernoulli_nll", "gaussian_nll", "gaussian_kl", "beta_vae_loss"])
+def test_gradient_penalty_through_the_ops_equals_torch(name, backend):
+    """create_graph=True: a gradient penalty's gradient equals the one through torch's own losses."""
+    dev = backend.device
+    x = randn(4, 6, seed=60, scale=2.0, device=dev)
+    t = rand(4, 6, seed=61, device=dev, requires_grad=False)
+    mu, lv = randn(4, 3, seed=62, device=dev), randn(4, 3, seed=63, scale=0.5, device=dev)
+    ls = randn(seed=64, scale=0.3, device=dev)
+    results = []
+    for fn in (_fused_objective, _eager_objective):
+        leaves = [a.detach().clone().requires_grad_() for a in (x, mu, lv, ls)]
+        xx, mm, vv, ss = leaves
+        out = fn(name, xx, t, mm, vv, ss)
+        wrt = [xx, ss] if name == "gaussian_nll" else [mm, vv] if name == "gaussian_kl" else [xx, mm, vv] \
+            if name == "beta_vae_loss" else [xx]
+        grads = torch.autograd.grad(out, wrt, create_graph=True)
+        penalty = sum((g * g).sum() for g in grads) + 0.3 * out
+        penalty.backward()
+        results.append([a.grad for a in leaves])
+    for a, b in zip(*results):
+        if b is None:
+            assert a is None or torch.count_nonzero(a) == 0
+            continue
+        assert a is not None
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-9, atol=1e-11)
+
+
+def test_gradgradcheck_of_the_fused_ops(backend):
+    dev = backend.device
+    x, t = randn(3, 4, seed=70, device=dev), rand(3, 4, seed=71, device=dev)
+    mu, lv = randn(3, 2, seed=72, device=dev), randn(3, 2, seed=73, device=dev)
+    eps = randn(3, 2, seed=74, device=dev, requires_grad=False)
+    assert torch.autograd.gradgradcheck(lambda a, b: fv.bernoulli_nll(a, b, reduction="none"), (x, t))
+    assert torch.autograd.gradgradcheck(lambda m, v: fv.reparameterize_kl(m, v, eps, reduction="none"), (mu, lv))
+
+    def seeded(m, v):
+        return fv.reparameterize(m, v, generator=torch.Generator(device=m.device).manual_seed(3))
+
+    assert torch.autograd.gradgradcheck(seeded, (mu, lv))
+
+    def vae(r, tt, m, v):
+        _, rate = fv.reparameterize_kl(m, v, eps, reduction="none")
+        return tuple(fv.beta_vae_loss(r, tt, rate=rate, beta=2.0, capacity=0.3))
+
+    assert torch.autograd.gradgradcheck(vae, (x, t, mu, lv))
+
+
+@pytest.mark.parametrize("op", ["bernoulli_nll", "gaussian_kl", "reparameterize"])
+def test_torch_func_transforms_are_a_clear_error(op, backend):
+    dev = backend.device
+    a, b = torch.randn(3, 4, device=dev), torch.rand(3, 4, device=dev)
+    fn = {"bernoulli_nll": lambda u: fv.bernoulli_nll(u, b),
+          "gaussian_kl": lambda u: fv.gaussian_kl(u, b),
+          "reparameterize": lambda u: fv.reparameterize(u, b, torch.zeros_like(u))}[op]
+    with pytest.raises(RuntimeError, match=r"fastvae\..*does not support torch\.func"):
+        torch.func.vmap(fn)(a[None])
+    with pytest.raises(RuntimeError, match=r"fastvae\..*does not support torch\.func"):
+        torch.func.jvp(fn, (a,), (torch.ones_like(a),))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(a, torch.ones_like(a))
+        with pytest.raises(RuntimeError, match=r"fastvae\..*forward-mode AD"):
+            fn(dual)

@@ -13,11 +13,11 @@ from fastvae import bench as fb
 CASE_FIELDS = {
     "op", "mode", "provider", "dtype", "batch", "sample_size", "latent_dim", "shape", "numel",
     "min_bytes", "input_sets", "median_ms", "min_ms", "q25_ms", "q75_ms", "reps", "gbps",
-    "frac_copy_bw", "peak_mem_bytes", "error",
+    "frac_copy_bw", "peak_mem_bytes", "error", "host_ms", "timer",
 }
 
 TINY = dict(max_elements=512, min_batch=8, sample_size=64, latent_dim=32, objective_latent_dim=8,
-            rep_ms=1.0, copy_bytes=2**22, rotate=False, quiet=True)
+            rep_ms=1.0, copy_bytes=2**22, rotate=False, quiet=True, training_sizes=((4, 64, 8), (8, 64, 8)))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,9 @@ def test_report_schema(report_path):
     assert report["copy_bandwidth"]["gbps"] > 0
 
     cases = report["cases"]
-    expected = {(op, mode, p, d) for op in fb.OPS for mode in fb.MODES for p in ("fastvae", "eager")
-                for d in fb.DTYPES} | {("mse", "fwd+bwd", "compile", "float32")}
+    expected = {(op, mode, p, d) for op in fb.OPS if op != "training_step" for mode in fb.MODES
+                for p in ("fastvae", "eager") for d in fb.DTYPES} | {("mse", "fwd+bwd", "compile", "float32")}
+    expected |= {("training_step", "fwd+bwd", p, d) for p in ("fastvae", "eager") for d in fb.DTYPES}
     assert {(c["op"], c["mode"], c["provider"], c["dtype"]) for c in cases} == expected
     for c in cases:
         assert set(c) == CASE_FIELDS, c["op"]
@@ -62,6 +63,11 @@ def test_report_schema(report_path):
     # the sweep: batches 8 (and the cap) for the 64-wide likelihoods, 8 and 16 for the 32-wide latent
     assert sorted({c["batch"] for c in cases if c["op"] == "mse"}) == [8]
     assert sorted({c["batch"] for c in cases if c["op"] == "reparameterize_kl"}) == [8, 16]
+    # the training pattern: the given sizes under the cap, its providers timed interleaved, host time kept
+    training = [c for c in cases if c["op"] == "training_step"]
+    assert sorted({(c["batch"], c["sample_size"], c["latent_dim"]) for c in training}) == [(4, 64, 8), (8, 64, 8)]
+    assert all(c["timer"] == "interleaved" and c["host_ms"] > 0 and c["reps"] >= 20 for c in training)
+    assert all(c["timer"] == "per-case" for c in cases if c["op"] != "training_step")
 
 
 def test_min_bytes_by_hand():

@@ -284,7 +284,74 @@ def test_unknown_backend_value_is_a_clear_error():
     assert "FASTVAE_BACKEND" in out and "cudnn" in out, out
 
 
-def test_unknown_backend_value_in_process(monkeypatch):
-    monkeypatch.setenv("FASTVAE_BACKEND", "gpu")
-    with pytest.raises(ValueError, match="FASTVAE_BACKEND"):
-        fv.gaussian_kl(torch.randn(2, 3), torch.randn(2, 3))
+def test_unknown_backend_value_in_process():
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, torch, got 'gpu'"):
+        fv.set_backend("gpu")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        fv.set_backend(None)
+
+
+def test_set_backend_switches_and_restores(kernel_launches):
+    """set_backend takes effect at once; as a context manager it restores the previous setting."""
+    before = fv.get_backend()
+    mu = torch.randn(2, 3)
+    with fv.set_backend("triton"):
+        assert fv.get_backend() == "triton"
+        fv.gaussian_kl(mu, mu)
+        assert kernel_launches, "the triton backend launched no kernel"
+        with fv.set_backend("torch"):
+            launched = len(kernel_launches)
+            fv.gaussian_kl(mu, mu)
+            assert len(kernel_launches) == launched
+        assert fv.get_backend() == "triton"
+    assert fv.get_backend() == before
+
+
+def test_backend_environment_is_read_once():
+    """FASTVAE_BACKEND is the default's source, read once: changing os.environ later changes nothing."""
+    code = """
+        import os, torch
+        os.environ["FASTVAE_BACKEND"] = "torch"
+        import fastvae as fv
+        print(fv.get_backend())
+        os.environ["FASTVAE_BACKEND"] = "triton"
+        print(fv.get_backend())
+        fv.set_backend("auto")
+        print(fv.get_backend())
+    """
+    res = run_python(code, {})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["torch", "torch", "auto"], res.stdout
+
+
+# ----------------------------------------------------------------------------- the rate form of beta_vae_loss
+
+
+def test_beta_vae_loss_takes_mu_and_logvar_or_rate():
+    recon, target = torch.randn(4, 6), torch.rand(4, 6)
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    rate = torch.rand(4)
+    with pytest.raises(ValueError, match="either mu and logvar or rate, not both: got rate and mu and logvar"):
+        fv.beta_vae_loss(recon, target, mu, logvar, rate=rate)
+    with pytest.raises(ValueError, match="not both: got rate and mu"):
+        fv.beta_vae_loss(recon, target, mu, rate=rate)
+    with pytest.raises(ValueError, match="give mu and logvar, or rate"):
+        fv.beta_vae_loss(recon, target)
+    with pytest.raises(ValueError, match="logvar is missing"):
+        fv.beta_vae_loss(recon, target, mu)
+    with pytest.raises(ValueError, match=r"rate must be the per-sample KL of shape \(B,\) = \(4,\).*got shape \(4, 3\)"):
+        fv.beta_vae_loss(recon, target, rate=torch.rand(4, 3))
+    with pytest.raises(ValueError, match=r"rate must be the per-sample KL of shape \(B,\) = \(4,\).*got shape \(3,\)"):
+        fv.beta_vae_loss(recon, target, rate=torch.rand(3))
+    with pytest.raises(TypeError, match="rate must be a floating-point tensor"):
+        fv.beta_vae_loss(recon, target, rate=torch.ones(4, dtype=torch.int64))
+
+
+def test_one_element_beta_and_capacity_are_accepted():
+    recon, target = torch.randn(4, 6), torch.rand(4, 6)
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    a = fv.beta_vae_loss(recon, target, mu, logvar, beta=torch.tensor([2.0]), capacity=torch.tensor([1.5]))
+    b = fv.beta_vae_loss(recon, target, mu, logvar, beta=2.0, capacity=1.5)
+    assert a.loss.shape == () and torch.equal(a.loss, b.loss)
+    with pytest.raises(ValueError, match=r"capacity must be a float or a one-element tensor, got a tensor of shape \(2,\)"):
+        fv.beta_vae_loss(recon, target, mu, logvar, capacity=torch.tensor([1.0, 2.0]))

@@ -183,22 +183,58 @@ def test_global_rng_advances(backend):
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 3, 7), (7, 130)])
-def test_backends_give_the_same_noise(shape, monkeypatch):
-    """torch path vs Triton kernels (interpreter) for the same seed; also with a generator."""
+@pytest.mark.parametrize("tiles", ["default", "small"])
+def test_triton_noise_is_the_philox_reference(shape, tiles):
+    """The Triton kernels (interpreter) draw the Philox4x32-10 normals of the twin in
+    fastvae/ops/_philox.py, element (r, c) from counter (c // 4, r): the reference of the GPU noise,
+    whatever the tiling (tiny tiles: column splits, column loops, Philox counters from an offset)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs the Triton interpreter")
+    import contextlib
+
+    from fastvae.ops import _backend, draw_seed
+    from fastvae.ops._philox import philox_normal
+
     mu, logvar = inputs(shape, 12, dtype=torch.float32)
-    out = {}
-    for name in ("torch", "triton"):
-        monkeypatch.setenv("FASTVAE_BACKEND", name)
-        z = seeded(41, lambda: fv.reparameterize(mu, logvar))
-        zk, _ = seeded(41, lambda: fv.reparameterize_kl(mu, logvar))
-        zg = fv.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(42))
-        out[name] = (z, zk, zg)
-    for a, b in zip(out["torch"], out["triton"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # and the noise is not trivially the same for every seed
-    assert not torch.allclose(out["torch"][0], out["torch"][2])
+    small = _backend.small_tiles() if tiles == "small" else contextlib.nullcontext()
+    with fv.set_backend("triton"), small:
+        z = fv.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(42))
+        zk, _ = fv.reparameterize_kl(mu, logvar, generator=torch.Generator().manual_seed(42), row_offset=5)
+    rows = shape[0]
+    cols = math.prod(shape[1:])
+    seed = draw_seed(torch.device("cpu"), torch.Generator().manual_seed(42))
+    for out, offset in ((z, 0), (zk, 5)):
+        eps = philox_normal(seed, rows, cols, offset).reshape(shape).double()
+        expected = mu.double() + torch.exp(0.5 * logvar.double()) * eps
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(z, zk)
+
+
+def test_cpu_noise_is_the_generator_stream(torch_backend):
+    """The PyTorch path on CPU tensors: element (r, c) of a (B, D) draw is normal number
+    (row_offset + r) * D + c of a CPU generator seeded with the call's seed."""
+    from fastvae.ops import draw_seed
+
+    mu, logvar = inputs((9, 7), 13)
+    z = fv.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(8), row_offset=3)
+    seed = int(draw_seed(torch.device("cpu"), torch.Generator().manual_seed(8)))
+    stream = torch.randn(16 * 10, generator=torch.Generator().manual_seed(seed))
+    eps = stream[3 * 7: 12 * 7].reshape(9, 7).double()
+    torch.testing.assert_close(recovered(z, mu, logvar), eps, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows,cols,offset", [(1, 1, 0), (3, 5, 1), (5, 3, 2), (2, 9, 7), (17, 1, 15), (4, 33, 0),
+                                              (16, 1, 0), (8, 2, 16), (3, 16, 5), (13, 16, 3)])
+def test_cpu_noise_prefix_consistency(rows, cols, offset):
+    """The property the CPU noise rests on: torch fills normal tensors whose size is a multiple of 16
+    prefix-consistently, so a shard reads the same numbers as the whole batch (odd sizes too)."""
+    from fastvae.ops import latent
+
+    seed = torch.tensor([123456789], dtype=torch.int64)
+    total = offset + rows + 3
+    whole = latent._cpu_normal(seed, (total, cols), total, cols, 0)
+    shard = latent._cpu_normal(seed, (rows, cols), rows, cols, offset)
+    assert torch.equal(shard, whole[offset: offset + rows])
 
 
 # ----------------------------------------------------------------------------- backward

@@ -131,9 +131,15 @@ class VAE(nn.Module):
             raise ValueError(f"z: expected shape (B, {self.latent_dim}), got {tuple(z.shape)}")
         return self.decoder(z)
 
+    def _latent(self, mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+        """``(z, rate)``: in training z drawn by the fused reparameterize + KL op (one pass, the
+        per-sample rate from the same kernel), in eval ``z = mu`` and the rate alone."""
+        if self.training:
+            return F_.reparameterize_kl(mu, logvar, generator=generator, reduction="none")
+        return mu, F_.gaussian_kl(mu, logvar, reduction="none")
+
     def forward(self, x: Tensor, *, generator: Optional[torch.Generator] = None) -> VAEOutput:
         mu, logvar = self.encode(x)
-        # z only, not GaussianLatent.forward's fused z + rate: the loss takes the KL from beta_vae_loss (see loss).
         z = F_.reparameterize(mu, logvar, generator=generator) if self.training else mu
         return VAEOutput(self._decode_as(z, x), mu, logvar, z)
 
@@ -151,30 +157,19 @@ class VAE(nn.Module):
         """The beta-VAE loss of ``x`` (see :func:`fastvae.beta_vae_loss`): ``VAELoss(loss, distortion, rate)``.
 
         ``likelihood=None`` uses the model's likelihood; ``log_scale=None`` uses the learned ``log_scale``
-        when ``learn_scale=True`` and the likelihood has a scale, else 0.
+        when ``learn_scale=True`` and the likelihood has a scale, else 0.  The rate comes out of the
+        pass that draws z (:func:`fastvae.reparameterize_kl`) and is not computed again.
         """
-        # The KL is computed once, inside beta_vae_loss from mu/logvar; forward draws z alone with
-        # fastvae.reparameterize. Taking the rate from the fused reparameterize_kl (GaussianLatent.forward)
-        # would either compute it a second time in beta_vae_loss or mean rebuilding distortion + beta * rate
-        # here, copying beta_vae_loss's capacity and reduction rules out of the one place they live. The cost
-        # is one more read of mu/logvar, (B, L) and tiny next to x.
-        recon, mu, logvar, _ = self(x, generator=generator)
+        mu, logvar = self.encode(x)
+        z, rate = self._latent(mu, logvar, generator)
+        recon = self._decode_as(z, x)
         if likelihood is None:
             likelihood = self.likelihood
         if log_scale is None:
             learned = self.log_scale is not None and likelihood in _SCALED_LIKELIHOODS
             log_scale = self.log_scale if learned else 0.0
-        return F_.beta_vae_loss(
-            recon,
-            x,
-            mu,
-            logvar,
-            beta=beta,
-            likelihood=likelihood,
-            log_scale=log_scale,
-            capacity=capacity,
-            reduction=reduction,
-        )
+        return F_.beta_vae_loss(recon, x, rate=rate, beta=beta, likelihood=likelihood, log_scale=log_scale,
+                                capacity=capacity, reduction=reduction)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -1,22 +1,20 @@
-"""Op registration: launchers, torch.library custom ops with their autograd, and the torch path.
+"""The ops: launchers, autograd nodes, torch.library custom ops and the PyTorch path.
 
-Data flows one way: ``fastvae.functional`` -> these custom ops -> the launchers here -> the
-Triton kernels in ``kernels/`` (or the PyTorch implementation of the same math).
+Data flows one way: ``fastvae.functional`` -> ``latent.latent`` / ``objective.loss`` ->
+the launchers here -> the Triton kernels in ``kernels/`` (or the PyTorch implementation of the
+same math).  In eager mode the ops are plain autograd Functions; the custom ops below are what
+``torch.compile`` and ``torch.library.opcheck`` see.
 """
-from ._backend import backend_setting, use_triton
-from .latent import draw_seed, latent_backward, latent_forward
-from .likelihoods import KINDS, REDUCTIONS, nll_forward, nll_rescale_, scale_rows_
+from ._backend import BACKENDS, get_backend, set_backend, use_triton
+from .latent import draw_seed, latent_backward, latent_forward, standard_normal
+from .likelihoods import KINDS
+from .objective import objective_forward
+from .reduction import REDUCTIONS
 
 #: Every custom op fastvae registers, for ``torch.library.opcheck`` and the docs.
-CUSTOM_OPS = (
-    latent_forward,
-    latent_backward,
-    nll_forward,
-    scale_rows_,
-    nll_rescale_,
-)
+CUSTOM_OPS = (latent_forward, latent_backward, objective_forward)
 
 __all__ = [
-    "CUSTOM_OPS", "KINDS", "REDUCTIONS", "backend_setting", "draw_seed", "latent_backward",
-    "latent_forward", "nll_forward", "nll_rescale_", "scale_rows_", "use_triton",
+    "BACKENDS", "CUSTOM_OPS", "KINDS", "REDUCTIONS", "draw_seed", "get_backend", "latent_backward",
+    "latent_forward", "objective_forward", "set_backend", "standard_normal", "use_triton",
 ]

@@ -1,6 +1,7 @@
 """Backend choice, lazy kernel import and the tiling shared by every launcher."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -9,22 +10,68 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
-_BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch")
 
 
-def backend_setting() -> str:
-    """The value of FASTVAE_BACKEND (auto, triton or torch), checked."""
-    value = os.environ.get("FASTVAE_BACKEND", "auto").strip().lower() or "auto"
-    if value not in _BACKENDS:
-        raise ValueError(
-            f"FASTVAE_BACKEND must be one of {', '.join(_BACKENDS)}, got {value!r}"
-        )
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _State:
+    """The process-wide backend setting: read from FASTVAE_BACKEND on first use, then only changed by
+    :func:`set_backend` (the environment is not read again on every call)."""
+
+    __slots__ = ("setting", "interpret", "small_tiles")
+
+    def __init__(self):
+        self.setting = None          # None until first use
+        self.interpret = _interpreting()
+        self.small_tiles = False
+
+
+_STATE = _State()
+
+
+def _checked(value: str, source: str) -> str:
+    value = (value or "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}, got {value!r}")
     return value
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+def get_backend() -> str:
+    """The backend setting now in force: 'auto', 'triton' or 'torch'."""
+    setting = _STATE.setting
+    if setting is None:
+        setting = _STATE.setting = _checked(os.environ.get("FASTVAE_BACKEND", "auto"), "FASTVAE_BACKEND")
+    return setting
+
+
+class set_backend:
+    """Choose the backend of fastvae's ops: ``'auto'`` (Triton kernels on CUDA tensors, the PyTorch
+    path on CPU tensors; the default, or what FASTVAE_BACKEND says), ``'triton'`` or ``'torch'``.
+
+    Takes effect at once; used as a context manager it restores the previous setting on exit::
+
+        fastvae.set_backend("torch")            # from now on
+        with fastvae.set_backend("torch"):      # only inside the block
+            ...
+    """
+
+    def __init__(self, backend: str) -> None:
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str ({', '.join(BACKENDS)}), got {type(backend).__name__}")
+        value = _checked(backend, "backend")
+        self.previous = get_backend() if _STATE.setting is not None else None
+        _STATE.setting = value
+
+    def __enter__(self) -> "set_backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _STATE.setting = self.previous
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,24 +81,25 @@ def triton_available() -> bool:
 
 def use_triton(device: torch.device) -> bool:
     """True when the op on tensors of ``device`` runs the Triton kernels, False for the torch path."""
-    setting = backend_setting()
+    setting = _STATE.setting or get_backend()
     if setting == "torch":
         return False
     if device.type == "cuda":
         if not triton_available():
             if setting == "triton":
-                raise RuntimeError("FASTVAE_BACKEND=triton but the triton package is not installed")
+                raise RuntimeError("the backend is 'triton' but the triton package is not installed")
             return False
         return True
     if setting == "triton":
-        if device.type == "cpu" and interpreting():
+        if device.type == "cpu" and _STATE.interpret:
             if not triton_available():
-                raise RuntimeError("FASTVAE_BACKEND=triton but the triton package is not installed")
+                raise RuntimeError("the backend is 'triton' but the triton package is not installed")
             return True
         raise RuntimeError(
-            f"FASTVAE_BACKEND=triton needs CUDA tensors (got tensors on {device}); set TRITON_INTERPRET=1 "
-            "before importing fastvae to run the Triton kernels on CPU tensors in the interpreter, or use "
-            "FASTVAE_BACKEND=torch (or auto) for the PyTorch path"
+            f"the backend is 'triton' (FASTVAE_BACKEND or fastvae.set_backend), which needs CUDA tensors "
+            f"(got tensors on {device}); set TRITON_INTERPRET=1 before importing fastvae to run the Triton "
+            "kernels on CPU tensors in the interpreter, or use the 'torch' (or 'auto') backend for the "
+            "PyTorch path"
         )
     return False
 
@@ -83,7 +131,10 @@ def kernels(name: str):
 
 def compute_dtype(*tensors) -> torch.dtype:
     """float64 when any given tensor is float64, else float32: the arithmetic of every op."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
 
 
 def empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -91,15 +142,38 @@ def empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty((0,), dtype=dtype, device=like.device)
 
 
+autocast_on = getattr(torch._C, "_is_any_autocast_enabled", None) or (
+    lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+
+
+def forward_ad_active() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level()``: inputs may carry tangents, so an op must go
+    through its autograd Function (whose ``jvp`` says what it supports) even when nothing needs a
+    gradient."""
+    return _forward_ad._current_level >= 0
+
+
+def apply_function(cls):
+    """``cls.apply`` without ``torch.autograd.Function.apply``'s Python preamble (functorch
+    bookkeeping, a few microseconds a call): the callers check for functorch transforms themselves
+    and raise, so what remains is the C++ apply that ``Function.apply`` ends in."""
+    return super(torch.autograd.Function, cls).apply
+
+
+@contextlib.contextmanager
+def autocast_off():
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        yield
+
+
 def without_autocast(fn):
-    """Run a PyTorch-path implementation with autocast off: the losses compute in float32 (or
-    float64) as torch's own losses do, whatever autocast would pick for the ops inside."""
+    """Run an implementation with autocast off: the losses compute in float32 (or float64) as
+    torch's own losses do, whatever autocast would pick for the ops inside."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        device = next(a.device for a in args if isinstance(a, torch.Tensor))
-        if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-            with torch.autocast(device.type, enabled=False):
+        if autocast_on():
+            with autocast_off():
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
 
@@ -116,18 +190,40 @@ def _sm_count(index: int) -> int:
 
 
 class Tiling:
-    """How a (B, D) problem is cut into programs: BLOCK_R x BLOCK_D tiles, D split n_split ways."""
+    """How a (B, D) problem is cut into programs: BLOCK_R x BLOCK_D tiles, D split n_split ways.
 
-    __slots__ = ("block_r", "block_d", "split_cols", "n_split", "grid", "num_warps")
+    ``programs`` is the size of a persistent grid over the ``grid[0] * grid[1]`` tiles (the
+    backward kernel's).
+    """
 
-    def __init__(self, block_r, block_d, split_cols, n_split, grid, num_warps):
+    __slots__ = ("block_r", "block_d", "split_cols", "n_split", "grid", "num_warps", "n_tiles", "programs")
+
+    def __init__(self, block_r, block_d, split_cols, n_split, grid, num_warps, programs):
         self.block_r, self.block_d = block_r, block_d
         self.split_cols, self.n_split = split_cols, n_split
         self.grid, self.num_warps = grid, num_warps
+        self.n_tiles = grid[0] * grid[1]
+        self.programs = programs
+
+
+def _split(cols: int, block_d: int, want: int) -> tuple[int, int]:
+    """(split_cols, n_split): D cut into at most ``want`` contiguous splits of whole BLOCK_D blocks."""
+    col_blocks = -(-cols // block_d)
+    n_split = max(1, min(col_blocks, want, 65535))
+    split_cols = -(-col_blocks // n_split) * block_d
+    return split_cols, max(1, -(-cols // split_cols))
 
 
 @functools.lru_cache(maxsize=4096)
-def _tiling(rows: int, cols: int, device_type: str, device_index: int) -> Tiling:
+def _tiling(rows: int, cols: int, device_type: str, device_index: int, small: bool) -> Tiling:
+    if small:
+        # The test switch: tiny tiles, several column splits of two blocks each and a persistent grid
+        # shorter than the tile count, so every loop and offset path of the kernels runs on small inputs.
+        block_d = 8 if cols > 4 else 4
+        block_r = 2
+        split_cols, n_split = _split(cols, block_d, -(-cols // (2 * block_d)))
+        grid = (-(-rows // block_r), n_split)
+        return Tiling(block_r, block_d, split_cols, n_split, grid, 4, max(1, grid[0] * grid[1] // 3))
     on_gpu = device_type == "cuda"
     # The interpreter runs programs one after another in numpy: few large tiles are fastest.
     tile = 4096 if on_gpu else 1 << 16
@@ -140,26 +236,45 @@ def _tiling(rows: int, cols: int, device_type: str, device_index: int) -> Tiling
         # programs, so a (4096, 10) problem still spreads over the SMs.
         block_r = max(1, min(block_r, _next_pow2(-(-rows // (target // 4)))))
     row_blocks = -(-rows // block_r)
-    col_blocks = -(-cols // block_d)
-    n_split = max(1, min(col_blocks, -(-target // row_blocks), 65535))
-    split_cols = -(-col_blocks // n_split) * block_d
-    n_split = max(1, -(-cols // split_cols))
+    split_cols, n_split = _split(cols, block_d, -(-target // row_blocks))
     num_warps = 8 if block_r * block_d >= 4096 else 4
-    return Tiling(block_r, block_d, split_cols, n_split, (row_blocks, n_split), num_warps)
+    n_tiles = row_blocks * n_split
+    programs = min(n_tiles, target) if on_gpu else n_tiles
+    return Tiling(block_r, block_d, split_cols, n_split, (row_blocks, n_split), num_warps, programs)
+
+
+def finish_block(rows: int) -> int:
+    """Rows per step of the one-program batch reduction (``kernels/objective.py``)."""
+    if _STATE.small_tiles:
+        return 4
+    return 1024 if rows > 128 else 128
 
 
 def tiling(rows: int, cols: int, device: torch.device) -> Tiling:
     index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else 0)
-    return _tiling(int(rows), int(cols), device.type, index)
+    return _tiling(int(rows), int(cols), device.type, index, _STATE.small_tiles)
+
+
+@contextlib.contextmanager
+def small_tiles():
+    """Test switch: the launchers cut every problem into tiny tiles (see ``_tiling``)."""
+    previous = _STATE.small_tiles
+    _STATE.small_tiles = True
+    try:
+        yield
+    finally:
+        _STATE.small_tiles = previous
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
     """A (B, D) view of x whose rows are contiguous (copying only when no such view exists)."""
-    rows = x.shape[0]
-    cols = 1
-    for size in x.shape[1:]:
-        cols *= size
-    view = x.reshape(rows, cols) if x.dim() != 2 else x
+    if x.dim() == 2:
+        view = x
+    else:
+        cols = 1
+        for size in x.shape[1:]:
+            cols *= size
+        view = x.reshape(x.shape[0], cols)
     if view.shape[1] > 1 and view.stride(1) != 1:
         view = view.contiguous()
     return view
@@ -170,7 +285,6 @@ def row_stride(view: torch.Tensor) -> int:
 
 
 def tracing(t: torch.Tensor) -> bool:
-    """True under torch.compile / AOT tracing (fake or functional tensors), where a backward must go
-    through the registered ops; in eager mode it may call their implementations directly and skip
-    the dispatcher's round trip (tens of microseconds per op)."""
+    """True under torch.compile / AOT tracing (fake or functional tensors), where the registered
+    custom ops must be used; in eager mode the ops run through plain autograd Functions."""
     return torch.compiler.is_compiling() or type(t) is not torch.Tensor

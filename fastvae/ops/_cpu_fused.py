@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-MIN_ELEMENTS = 1 << 16
+MIN_ELEMENTS = 1 << 17
 HALF_LOG_2PI = 0.9189385332046727  # log(2 pi) / 2
 LOG_2 = 0.6931471805599453
 _state = {"failed": False}
@@ -36,8 +36,8 @@ _state = {"failed": False}
 
 def enabled(x: Tensor) -> bool:
     return (
-        x.device.type == "cpu"
-        and x.numel() >= MIN_ELEMENTS
+        x.numel() >= MIN_ELEMENTS
+        and x.device.type == "cpu"
         and not _state["failed"]
         and os.environ.get("FASTVAE_CPU_COMPILE", "1").strip() != "0"
         and not torch.compiler.is_compiling()

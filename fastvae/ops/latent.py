@@ -1,52 +1,67 @@
-"""Reparameterization + closed-form KL: launchers, the PyTorch path, and the custom ops.
+"""Reparameterization + closed-form KL: launchers, the PyTorch path, the autograd node and the
+custom ops.
 
-``fastvae::latent_forward(mu, logvar, eps, seed, write_z, compute_kl) -> (z, kl_rows)``
-``fastvae::latent_backward(mu, logvar, eps, seed, grad_z, grad_kl) -> (grad_mu, grad_logvar)``
+:func:`latent` is what ``reparameterize``, ``gaussian_kl`` and ``reparameterize_kl`` call: one
+kernel forward (z and the per-row KL; the batch reduction, when asked, is ``reduction.finish``'s)
+and one kernel backward, with the noise regenerated from the same seed, never stored.
 
-Both are registered with torch.library so ``torch.compile(fullgraph=True)`` sees them as
-opaque calls with known output shapes; autograd connects them.  The noise is never stored:
-backward receives the same int64 ``seed`` tensor and regenerates it.
+Noise.  The Triton kernels draw Philox4x32-10 normals addressed by (seed, row, column)
+(``kernels/random.py``).  The PyTorch path on CPU tensors draws torch's own CPU generator instead:
+a ``torch.Generator`` seeded with the call's seed gives one stream of standard normals, and
+element (r, c) of a (B, D) input is number ``(row_offset + r) * D + c`` of it.  That costs what
+``torch.randn`` costs (a Philox twin written in torch ops is some forty eager passes, ~0.5 ms per
+call at any size), and keeps what users rely on: ``torch.manual_seed`` reproduces z, a shard with
+``row_offset`` draws exactly its rows of the whole batch's noise (torch fills a normal tensor
+whose size is a multiple of 16 prefix-consistently, which ``tests/test_rng.py`` pins), and backward
+regenerates forward's noise.  So CPU and CUDA tensors do not draw the same numbers for one seed.
 """
 from __future__ import annotations
 
+import math
+import threading
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _backend, _cpu_fused
+from . import _backend, _cpu_fused, eager
+from . import reduction as R
 from ._philox import exp_m1_m, philox_normal
 
 
 # ----------------------------------------------------------------------------- Triton launchers
 
 
-def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
+def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction):
     B = mu.shape[0]
     mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
     D = mu2.shape[1]
-    fp64 = _backend.compute_dtype(mu, logvar) == torch.float64
-    z = torch.empty(mu.shape, dtype=torch.result_type(mu, logvar), device=mu.device) if write_z else _backend.empty(mu, mu.dtype)
-    acc_dtype = torch.float64 if fp64 else torch.float32
+    acc_dtype = _backend.compute_dtype(mu, logvar)
+    fp64 = acc_dtype == torch.float64
+    z = torch.empty(mu.shape, dtype=torch.result_type(mu, logvar), device=mu.device) if write_z else None
     if B == 0 or D == 0:
-        return z, torch.zeros((B,), dtype=acc_dtype, device=mu.device)
+        rows = torch.zeros((B,), dtype=acc_dtype, device=mu.device)
+        return z, (R.finish(rows, reduction, dtype=acc_dtype).loss if compute_kl else None)
     tiles = _backend.tiling(B, D, mu.device)
-    partial = torch.empty((B, tiles.n_split), dtype=acc_dtype, device=mu.device) if compute_kl else mu2
+    partial = None
+    if compute_kl:
+        partial = torch.empty((B, tiles.n_split) if tiles.n_split > 1 else (B,), dtype=acc_dtype, device=mu.device)
     eps2 = _backend.as_rows(eps) if eps is not None else mu2
     _backend.kernels("latent").latent_forward_kernel[tiles.grid](
-        mu2, lv2, eps2, seed if seed is not None else mu2, z if write_z else mu2, partial,
+        mu2, lv2, eps2, seed if seed is not None else mu2, z if write_z else mu2, partial if compute_kl else mu2,
         B, D, _backend.row_stride(mu2), _backend.row_stride(lv2), _backend.row_stride(eps2),
         tiles.split_cols, tiles.n_split, row_offset,
         HAS_EPS=eps is not None, WRITE_Z=write_z, COMPUTE_KL=compute_kl, FP64=fp64,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
     if not compute_kl:
-        return z, _backend.empty(mu, acc_dtype)
-    kl = partial[:, 0] if tiles.n_split == 1 else partial.sum(1)
-    return z, kl
+        return z, None
+    if reduction == R.NONE and partial.dim() == 1:
+        return z, partial
+    return z, R.finish(partial, reduction, dtype=acc_dtype).loss
 
 
-def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
+def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div):
     B = mu.shape[0]
     mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
     D = mu2.shape[1]
@@ -59,11 +74,11 @@ def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
     eps2 = _backend.as_rows(eps) if eps is not None else mu2
     gz2 = _backend.as_rows(grad_z) if grad_z is not None else mu2
     gkl = grad_kl if grad_kl is not None else mu2
-    gkl_stride = grad_kl.stride(0) if grad_kl is not None else 0
-    _backend.kernels("latent").latent_backward_kernel[(tiles.grid[0], tiles.n_split)](
+    gkl_stride = (grad_kl.stride(0) if grad_kl.dim() else 0) if grad_kl is not None else 0
+    _backend.kernels("latent").latent_backward_kernel[tiles.grid](
         mu2, lv2, eps2, seed if seed is not None else mu2, gz2, gkl, grad_mu, grad_lv,
         B, D, _backend.row_stride(mu2), _backend.row_stride(lv2), _backend.row_stride(eps2),
-        _backend.row_stride(gz2), gkl_stride, tiles.split_cols, row_offset,
+        _backend.row_stride(gz2), gkl_stride, kl_div, tiles.split_cols, row_offset,
         HAS_EPS=eps is not None, HAS_GZ=grad_z is not None, HAS_GKL=grad_kl is not None, FP64=fp64,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
@@ -73,138 +88,304 @@ def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
 # ----------------------------------------------------------------------------- PyTorch path
 
 
+_GENERATORS = threading.local()
+
+
+def _cpu_generator(seed: Tensor) -> torch.Generator:
+    # One generator per thread, re-seeded per call: creating one costs more than seeding it.
+    gen = getattr(_GENERATORS, "gen", None)
+    if gen is None:
+        gen = _GENERATORS.gen = torch.Generator()
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def _cpu_normal(seed: Tensor, shape, rows: int, cols: int, row_offset: int) -> Tensor:
+    """float32 standard normals of ``shape`` (rows x cols elements): element (r, c) is number
+    (row_offset + r) * cols + c of the normal stream of a CPU generator seeded with ``seed`` (see
+    the module docstring)."""
+    start = row_offset * cols
+    stop = start + rows * cols
+    gen = _cpu_generator(seed)
+    if start == 0 and stop >= 16 and stop % 16 == 0:
+        return torch.randn(shape, generator=gen)
+    # torch fills a normal tensor of 16k elements (k >= 1) prefix-consistently, not one of other sizes
+    size = max(16, -(-stop // 16) * 16)
+    return torch.randn(size, generator=gen)[start:stop].view(shape)
+
+
+def standard_normal(seed: Tensor, mu: Tensor, row_offset: int = 0) -> Tensor:
+    """The noise fastvae's in-kernel sampling uses for ``seed`` on ``mu``'s device and backend, as a
+    float32 tensor of ``mu``'s shape (for baselines that must draw the same numbers)."""
+    if _backend.use_triton(mu.device):
+        zeros = torch.zeros(mu.shape, dtype=torch.float32, device=mu.device)
+        return _triton_forward(zeros, zeros, None, seed, True, False, row_offset, R.NONE)[0]
+    return _noise(mu, None, seed, torch.float32, row_offset)
+
+
 def _noise(mu, eps, seed, dtype, row_offset):
     if eps is not None:
-        return eps.to(dtype)
-    B = mu.shape[0]
-    D = mu[0].numel() if B else 0
-    return philox_normal(seed, B, D, row_offset).to(dtype).reshape(mu.shape)
+        return _as(eps, dtype)
+    shape = mu.shape
+    B = shape[0]
+    D = math.prod(shape[1:])
+    if mu.device.type == "cpu":
+        return _as(_cpu_normal(seed, shape, B, D, row_offset), dtype)
+    # the PyTorch path on an accelerator: the kernels' own Philox, written in torch ops
+    return _as(philox_normal(seed, B, D, row_offset), dtype).reshape(shape)
 
 
-def _forward_math(mu, logvar, eps, seed, write_z, compute_kl, row_offset, dtype, z_dtype):
-    """(z or None, kl rows or None) in plain torch ops: run as is, or compiled into a few fused loops
-    for large CPU tensors (``_cpu_fused``)."""
-    m, lv = mu.to(dtype), logvar.to(dtype)
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _forward_math(mu, logvar, eps, write_z, compute_kl, dtype, z_dtype):
+    """(z or None, kl rows or None) in plain torch ops: run as is, or compiled into one fused loop
+    for large CPU tensors (``_cpu_fused``).  Few ops, no Python scalars in tensor arithmetic: on
+    small tensors each op is a microsecond or two of host time, and that is the cost."""
+    m, lv = _as(mu, dtype), _as(logvar, dtype)
     z = kl = None
     if write_z:
-        z = (m + torch.exp(0.5 * lv) * _noise(mu, eps, seed, dtype, row_offset)).to(z_dtype)
+        z = _as(torch.addcmul(m, torch.exp(lv * 0.5), eps), z_dtype)
     if compute_kl:
         # exp_m1_m returns a fresh tensor: mu^2 is added into it in place (one buffer of mu's size),
         # and the halving, exact in binary, comes after the row sums.
-        kl = exp_m1_m(lv).addcmul_(m, m).reshape(mu.shape[0], -1).sum(1).mul_(0.5) if mu.numel() else \
-            torch.zeros((mu.shape[0],), dtype=dtype, device=mu.device)
+        B = mu.shape[0]
+        terms = exp_m1_m(lv).addcmul_(m, m)
+        kl = (terms if terms.dim() == 2 else terms.reshape(B, -1)).sum(1).mul_(0.5) if mu.numel() else \
+            torch.zeros((B,), dtype=dtype, device=mu.device)
     return z, kl
 
 
-def _backward_math(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, dtype):
-    """(grad_mu, grad_logvar) in plain torch ops, like :func:`_forward_math`."""
-    m, lv = mu.to(dtype), logvar.to(dtype)
+def _backward_math(mu, logvar, eps, grad_z, grad_kl, kl_div, dtype):
+    """(grad_mu, grad_logvar) in plain torch ops, like :func:`_forward_math`:
+
+        grad_mu = g_z + g_r mu,   grad_logvar = (g_z eps exp(logvar / 2) + g_r expm1(logvar)) / 2
+    """
+    m, lv = _as(mu, dtype), _as(logvar, dtype)
     grad_mu = grad_lv = None
-    if grad_z is not None:
-        gz = grad_z.to(dtype)
-        grad_mu = gz.clone() if gz is grad_z else gz  # an op's output may not alias its input
-        grad_lv = 0.5 * gz * _noise(mu, eps, seed, dtype, row_offset) * torch.exp(0.5 * lv)
     if grad_kl is not None:
-        g = grad_kl.to(dtype).reshape((-1,) + (1,) * (mu.dim() - 1))
-        kl_mu = g * m
-        kl_lv = torch.expm1(lv).mul_(0.5 * g)  # d/dlogvar of the KL (expm1: accurate near 0), in place
-        grad_mu = kl_mu if grad_mu is None else grad_mu + kl_mu
-        grad_lv = kl_lv if grad_lv is None else grad_lv + kl_lv
-    if grad_mu is None:
+        g = _as(grad_kl, dtype)
+        if g.dim():
+            g = g.view((-1,) + (1,) * (mu.dim() - 1))
+        if kl_div != 1:
+            g = g / kl_div
+    if grad_z is not None:
+        gz = _as(grad_z, dtype)
+        grad_lv = torch.exp(lv * 0.5).mul_(eps).mul_(gz)
+        if grad_kl is not None:
+            grad_mu = torch.addcmul(gz, g, m)
+            grad_lv.addcmul_(torch.expm1(lv), g)
+        else:
+            grad_mu = gz.clone() if gz is grad_z else gz  # an op's output may not alias its input
+        grad_lv.mul_(0.5)
+    elif grad_kl is not None:
+        grad_mu = g * m
+        grad_lv = torch.expm1(lv).mul_(g * 0.5)
+    else:
         grad_mu, grad_lv = torch.zeros_like(m), torch.zeros_like(lv)
-    return grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
+    return _as(grad_mu, mu.dtype), _as(grad_lv, logvar.dtype)
 
 
-def _fuse(mu, eps, needs_noise) -> bool:
-    # Compiling pays off where the in-kernel noise is drawn: the Philox twin is some forty integer
-    # ops per four normals, each a pass over memory in eager mode.
-    return needs_noise and eps is None and _cpu_fused.enabled(mu)
-
-
-@_backend.without_autocast
-def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset):
+def _torch_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction):
     dtype = _backend.compute_dtype(mu, logvar)
-    args = (mu, logvar, eps, seed, write_z, compute_kl, row_offset, dtype, torch.result_type(mu, logvar))
-    out = _cpu_fused.call("latent_forward", _forward_math, *args) if _fuse(mu, eps, write_z) else None
+    noise = _noise(mu, eps, seed, dtype, row_offset) if write_z else None
+    args = (mu, logvar, noise, write_z, compute_kl, dtype, torch.result_type(mu, logvar) if write_z else dtype)
+    out = _cpu_fused.call("latent_forward", _forward_math, *args) if _cpu_fused.enabled(mu) else None
     z, kl = out if out is not None else _forward_math(*args)
-    return (z if write_z else _backend.empty(mu, mu.dtype)), (kl if compute_kl else _backend.empty(mu, dtype))
+    if compute_kl and reduction != R.NONE:
+        kl = kl.sum() if reduction == R.SUM else kl.mean()
+    return z, kl
 
 
-@_backend.without_autocast
-def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
-    args = (mu, logvar, eps, seed, grad_z, grad_kl, row_offset, _backend.compute_dtype(mu, logvar))
-    out = _cpu_fused.call("latent_backward", _backward_math, *args) if _fuse(mu, eps, grad_z is not None) else None
+def _torch_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div):
+    dtype = _backend.compute_dtype(mu, logvar)
+    noise = _noise(mu, eps, seed, dtype, row_offset) if grad_z is not None else None
+    args = (mu, logvar, noise, grad_z, grad_kl, kl_div, dtype)
+    out = _cpu_fused.call("latent_backward", _backward_math, *args) if _cpu_fused.enabled(mu) else None
     return out if out is not None else _backward_math(*args)
 
 
-# ----------------------------------------------------------------------------- custom ops
+_IMPLS = {True: (_triton_forward, _triton_backward), False: (_torch_forward, _torch_backward)}
+
+
+@_backend.without_autocast
+def _forward_impl(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction):
+    return _IMPLS[_backend.use_triton(mu.device)][0](mu, logvar, eps, seed, write_z, compute_kl, row_offset,
+                                                      reduction)
+
+
+@_backend.without_autocast
+def _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div):
+    return _IMPLS[_backend.use_triton(mu.device)][1](mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div)
+
+
+# ----------------------------------------------------------------------------- eager autograd node
+
+
+def _higher_order(ctx, grad_z, grad_kl):
+    """Backward under create_graph=True: autograd through the eager formulas, with the same noise."""
+    mu, logvar, eps, seed = ctx.saved_tensors
+    write_z, compute_kl, row_offset, reduction = ctx.cfg[:4]
+    dtype = _backend.compute_dtype(mu, logvar)
+    inputs = (mu, logvar, eps)
+    wrt = [i for i, (t, need) in enumerate(zip(inputs, ctx.needs_input_grad[:3])) if need and t is not None]
+    outs, gouts = [], []
+    with torch.enable_grad():
+        m, lv = mu.to(dtype), logvar.to(dtype)
+        if grad_z is not None:
+            noise = eps.to(dtype) if eps is not None else _noise(mu, None, seed, dtype, row_offset).detach()
+            outs.append(m + torch.exp(0.5 * lv) * noise)
+            gouts.append(grad_z.to(dtype))
+        if grad_kl is not None:
+            outs.append(eager.reduce(eager.kl_rows(m, lv), ("none", "mean", "sum")[reduction]))
+            gouts.append(grad_kl)
+    result = [None] * 3
+    if outs and wrt:
+        grads = torch.autograd.grad(outs, [inputs[i] for i in wrt], gouts, create_graph=True, allow_unused=True)
+        for i, g in zip(wrt, grads):
+            result[i] = g
+    return tuple(result) + (None, None)
+
+
+class _Latent(torch.autograd.Function):
+    """Eager autograd node of :func:`latent`; ``cfg`` is (write_z, compute_kl, row_offset, reduction,
+    triton), the implementation chosen once by the caller."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, seed, cfg):
+        write_z, compute_kl, row_offset, reduction, triton = cfg
+        z, kl = _IMPLS[triton][0](mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction)
+        ctx.save_for_backward(mu, logvar, eps, seed)
+        ctx.cfg = cfg
+        ctx.set_materialize_grads(False)
+        if write_z and compute_kl:
+            return z, kl
+        return z if write_z else kl
+
+    @staticmethod
+    def backward(ctx, *grads):
+        write_z, compute_kl, row_offset, reduction, triton = ctx.cfg
+        grad_z = grads[0] if write_z else None
+        grad_kl = grads[-1] if compute_kl else None
+        if torch.is_grad_enabled():
+            return _higher_order(ctx, grad_z, grad_kl)
+        mu, logvar, eps, seed = ctx.saved_tensors
+        grad_mu = grad_lv = grad_eps = None
+        if grad_z is not None or grad_kl is not None:
+            backward = _backward_impl if _backend.autocast_on() else _IMPLS[triton][1]
+            grad_mu, grad_lv = backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset,
+                                        R.divisor(mu.shape[0], reduction))
+        if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
+            grad_eps = (grad_z * torch.exp(0.5 * logvar.to(grad_z.dtype))).to(eps.dtype)
+        return grad_mu, grad_lv, grad_eps, None, None
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise _unsupported("forward-mode AD")
+
+
+_apply_latent = _backend.apply_function(_Latent)
+
+
+def _unsupported(what: str) -> RuntimeError:
+    from .objective import unsupported_transform
+    return unsupported_transform("reparameterize / gaussian_kl", what)
+
+
+# ----------------------------------------------------------------------------- custom ops (tracing)
 
 
 @torch.library.custom_op("fastvae::latent_forward", mutates_args=())
 def latent_forward(
     mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], write_z: bool, compute_kl: bool,
-    row_offset: int = 0,
+    row_offset: int = 0, reduction: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """z = mu + exp(logvar/2) eps (noise from ``seed`` when eps is None) and per-row KL to N(0, I)."""
-    impl = _triton_forward if _backend.use_triton(mu.device) else _torch_forward
-    return impl(mu, logvar, eps, seed, write_z, compute_kl, row_offset)
+    """z = mu + exp(logvar/2) eps (noise from ``seed`` when eps is None) and the KL to N(0, I), reduced."""
+    z, kl = _forward_impl(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction)
+    dtype = _backend.compute_dtype(mu, logvar)
+    return (z if z is not None else _backend.empty(mu, mu.dtype)), (kl if kl is not None else _backend.empty(mu, dtype))
 
 
 @latent_forward.register_fake
-def _(mu, logvar, eps, seed, write_z, compute_kl, row_offset=0):
+def _(mu, logvar, eps, seed, write_z, compute_kl, row_offset=0, reduction=0):
     dtype = _backend.compute_dtype(mu, logvar)
     z = mu.new_empty(mu.shape, dtype=torch.result_type(mu, logvar)) if write_z else mu.new_empty((0,))
-    kl = mu.new_empty((mu.shape[0],) if compute_kl else (0,), dtype=dtype)
-    return z, kl
+    kl_shape = ((mu.shape[0],) if reduction == R.NONE else ()) if compute_kl else (0,)
+    return z, mu.new_empty(kl_shape, dtype=dtype)
 
 
 @torch.library.custom_op("fastvae::latent_backward", mutates_args=())
 def latent_backward(
     mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor],
-    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], row_offset: int = 0,
+    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], row_offset: int = 0, kl_div: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Gradients of mu and logvar given grad_z (per element) and grad_kl (per row)."""
-    return _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset)
-
-
-def _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset):
-    impl = _triton_backward if _backend.use_triton(mu.device) else _torch_backward
-    return impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset)
+    """Gradients of mu and logvar given grad_z (per element) and grad_kl (per row, or one value / kl_div)."""
+    return _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div)
 
 
 @latent_backward.register_fake
-def _(mu, logvar, eps, seed, grad_z, grad_kl, row_offset=0):
+def _(mu, logvar, eps, seed, grad_z, grad_kl, row_offset=0, kl_div=1):
     return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    mu, logvar, eps, seed, write_z, compute_kl, row_offset = inputs
+def _traced_setup(ctx, inputs, output):
+    mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction = inputs
     ctx.save_for_backward(mu, logvar, eps, seed)
-    ctx.write_z, ctx.compute_kl, ctx.row_offset = write_z, compute_kl, row_offset
+    ctx.cfg = (write_z, compute_kl, row_offset, reduction)
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_z, grad_kl):
+def _traced_backward(ctx, grad_z, grad_kl):
     mu, logvar, eps, seed = ctx.saved_tensors
-    grad_z = grad_z if ctx.write_z else None
-    grad_kl = grad_kl if ctx.compute_kl else None
+    write_z, compute_kl, row_offset, reduction = ctx.cfg
+    grad_z = grad_z if write_z else None
+    grad_kl = grad_kl if compute_kl else None
     grad_mu = grad_lv = grad_eps = None
     if grad_z is not None or grad_kl is not None:
-        # Traced: the registered op; eager: its body, without the dispatcher's round trip.
-        backward = latent_backward if _backend.tracing(mu) else _backward_impl
-        grad_mu, grad_lv = backward(mu, logvar, eps, seed, grad_z, grad_kl, ctx.row_offset)
+        grad_mu, grad_lv = latent_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset,
+                                           R.divisor(mu.shape[0], reduction))
     if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
         grad_eps = (grad_z * torch.exp(0.5 * logvar.to(grad_z.dtype))).to(eps.dtype)
-    return grad_mu, grad_lv, grad_eps, None, None, None, None
+    return grad_mu, grad_lv, grad_eps, None, None, None, None, None
 
 
-latent_forward.register_autograd(_backward, setup_context=_setup_context)
+latent_forward.register_autograd(_traced_backward, setup_context=_traced_setup)
+
+
+# ----------------------------------------------------------------------------- entry point
 
 
 def draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
-    """An int64 Philox seed drawn on ``device`` from ``generator`` (or the device's default one).
+    """An int64 seed drawn on ``device`` from ``generator`` (or the device's default one).
 
     The draw is a device op: no host read, so it is reproducible under ``torch.manual_seed``,
     advances the generator like any random op, and can be captured in a CUDA graph.
     """
-    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device, generator=generator)
+    if device.type == "cpu":
+        return torch.randint(2**62, (), dtype=torch.int64, generator=generator)
+    return torch.randint(2**62, (), dtype=torch.int64, device=device, generator=generator)
+
+
+def latent(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], write_z: bool,
+           compute_kl: bool, row_offset: int = 0, reduction: int = R.NONE):
+    """z, the reduced KL, or both ``(z, kl)`` (arguments assumed checked)."""
+    if _backend.tracing(mu):
+        z, kl = latent_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction)
+        if write_z and compute_kl:
+            return z, kl
+        return z if write_z else kl
+    if torch._C._are_functorch_transforms_active():
+        raise _unsupported("torch.func transforms (vmap, grad, jvp)")
+    if not (torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad
+                                         or (eps is not None and eps.requires_grad))) \
+            and not _backend.forward_ad_active():
+        z, kl = _forward_impl(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction)
+        if write_z and compute_kl:
+            return z, kl
+        return z if write_z else kl
+    cfg = (write_z, compute_kl, row_offset, reduction, _backend.use_triton(mu.device))
+    if _backend.autocast_on():
+        with _backend.autocast_off():
+            return _apply_latent(mu, logvar, eps, seed, cfg)
+    return _apply_latent(mu, logvar, eps, seed, cfg)

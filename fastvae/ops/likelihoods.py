@@ -1,16 +1,12 @@
-"""Reconstruction negative log-likelihoods: launchers, the PyTorch path, and the custom ops.
+"""Reconstruction negative log-likelihoods: launchers and the PyTorch path.
 
-``fastvae::nll_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_log_scale)
-    -> (loss, grad_x_buffer, grad_log_scale_buffer)``
-
-computes the reduced loss and, in the same pass, the gradient of the reduced loss for
-grad_output = 1.  Backward then only multiplies the buffer by grad_output, in place, and the
-Triton kernel predicates that off for rows whose grad_output is exactly 1 (no bytes move after
-``loss.backward()``).  A second backward through the same graph (``retain_graph=True``)
-recomputes the buffer instead of reusing the scaled one.
-
-``fastvae::scale_rows_(buf, grad)`` is that in-place multiply; it only ever touches buffers the
-forward allocated, never a caller's tensor.
+:func:`nll_rows` computes, in one pass over x and the target, the per-sample sums of the
+per-element loss and, when asked, the gradient of ``sum_r rows_r / grad_div`` (grad_output = 1)
+into buffers the op owns.  :func:`nll_backward` is backward: it makes those buffers grad_output
+times themselves, in place (or recomputes them for float16/bfloat16 buffers, so the gradient is
+rounded once), skipping rows whose grad_output is exactly 1 without a host read, and in the same
+launch writes the gradient of the rate term (``grad_output * coef``).  The reduction over the batch
+and the combine with the rate are :mod:`fastvae.ops.reduction`'s.
 """
 from __future__ import annotations
 
@@ -24,114 +20,109 @@ from torch import Tensor
 from . import _backend, _cpu_fused
 
 KINDS = {"bernoulli": 0, "gaussian": 1, "mse": 2, "laplace": 3}
-REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+SCALED_KINDS = (KINDS["gaussian"], KINDS["laplace"])
 
 # How the log-scale is given: a Python float, one value in a 0-dim tensor, or one per element.
 LS_FLOAT, LS_SCALAR, LS_ELEMENT = 0, 1, 2
+HALF = (torch.float16, torch.bfloat16)
 
 
-def _ls_mode(log_scale: Optional[Tensor]) -> int:
+def ls_mode(log_scale: Optional[Tensor]) -> int:
     if log_scale is None:
         return LS_FLOAT
     return LS_SCALAR if log_scale.dim() == 0 else LS_ELEMENT
 
 
-def _reduce(rows: Tensor, reduction: int) -> Tensor:
-    if reduction == REDUCTIONS["none"]:
-        return rows
-    total = rows.sum()
-    return total / rows.shape[0] if reduction == REDUCTIONS["mean"] else total
+# ----------------------------------------------------------------------------- Triton launchers
 
 
-def _grad_div(batch: int, reduction: int) -> int:
-    return max(batch, 1) if reduction == REDUCTIONS["mean"] else 1
+def _ls_args(x, log_scale, log_scale_value, kind):
+    """(log_scale tensor or None, mode, fp64): a float log_scale under float64 math is passed as a
+    float64 0-dim tensor, since a float argument reaches the kernel as float32."""
+    mode = ls_mode(log_scale)
+    fp64 = _backend.compute_dtype(x, log_scale) == torch.float64
+    if fp64 and mode == LS_FLOAT and kind in SCALED_KINDS:
+        log_scale, mode = torch.full((), log_scale_value, dtype=torch.float64, device=x.device), LS_SCALAR
+    return log_scale, mode, fp64
 
 
-# ----------------------------------------------------------------------------- Triton launcher
-
-
-def _triton_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls):
+def _triton_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls):
     B = x.shape[0]
+    D = x[0].numel() if B else 0
     dtype = _backend.compute_dtype(x, target, log_scale)
-    mode = _ls_mode(log_scale)
-    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if grad_x else _backend.empty(x, x.dtype)
-    if B == 0 or x[0].numel() == 0:
-        rows = torch.zeros((B,), dtype=dtype, device=x.device)
-        gx.zero_()
-        gls = _backend.empty(x, dtype)
+    mode = ls_mode(log_scale)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if grad_x else None
+    if B == 0 or D == 0:
+        gls = None
         if grad_ls:
             gls = torch.zeros_like(log_scale) if mode == LS_ELEMENT else torch.zeros((B,), dtype=dtype, device=x.device)
-        return _reduce(rows, reduction), gx, gls
-    tiles = _backend.tiling(B, x[0].numel(), x.device)
-    partial = torch.empty((B, tiles.n_split), dtype=dtype, device=x.device)
+        return torch.zeros((B,), dtype=dtype, device=x.device), (gx.zero_() if gx is not None else None), gls
+    tiles = _backend.tiling(B, D, x.device)
+    parts = torch.empty((B, tiles.n_split) if tiles.n_split > 1 else (B,), dtype=dtype, device=x.device)
+    gls = None
     if grad_ls:
-        shape = log_scale.shape if mode == LS_ELEMENT else (B, tiles.n_split)
-        gls = torch.empty(shape, dtype=log_scale.dtype if mode == LS_ELEMENT else dtype, device=x.device)
-    else:
-        gls = _backend.empty(x, dtype)
-    _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles,
-                partial, gx, gls, grad=None)
-    rows = partial[:, 0] if tiles.n_split == 1 else partial.sum(1)
-    if grad_ls and mode == LS_SCALAR:
-        gls = gls[:, 0] if tiles.n_split == 1 else gls.sum(1)
-    return _reduce(rows, reduction), gx, gls
-
-
-def _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles, partial, gx, gls,
-                grad):
-    B = x.shape[0]
+        if mode == LS_ELEMENT:
+            gls = torch.empty(log_scale.shape, dtype=log_scale.dtype, device=x.device)
+        else:
+            gls = torch.empty(parts.shape, dtype=dtype, device=x.device)
     x2, t2 = _backend.as_rows(x), _backend.as_rows(target)
-    mode = _ls_mode(log_scale)
-    fp64 = _backend.compute_dtype(x, target, log_scale) == torch.float64
-    if fp64 and mode == LS_FLOAT and kind in (1, 3):
-        # A float argument reaches the kernel as float32; float64 math wants the exact value.
-        log_scale, mode = torch.full((), log_scale_value, dtype=torch.float64, device=x.device), LS_SCALAR
-    ls2 = _backend.as_rows(log_scale) if mode == LS_ELEMENT else log_scale
+    ls, kmode, fp64 = _ls_args(x, log_scale, log_scale_value, kind)
+    ls2 = _backend.as_rows(ls) if kmode == LS_ELEMENT else ls
     _backend.kernels("likelihoods").nll_forward_kernel[tiles.grid](
-        x2, t2, ls2 if ls2 is not None else x2, partial if partial is not None else x2,
-        gx if grad_x else x2, gls if grad_ls else x2, grad if grad is not None else x2,
-        B, x2.shape[1], _backend.row_stride(x2), _backend.row_stride(t2),
-        _backend.row_stride(ls2) if mode == LS_ELEMENT else 0,
-        grad.stride(0) if grad is not None and grad.dim() else 0,
-        tiles.split_cols, tiles.n_split, float(log_scale_value), _grad_div(B, reduction),
-        KIND=kind, LS_MODE=mode, GRAD_X=grad_x, GRAD_LS=grad_ls, RESCALE=grad is not None, FP64=fp64,
+        x2, t2, ls2 if ls2 is not None else x2, parts, gx if grad_x else x2, gls if grad_ls else x2,
+        B, D, _backend.row_stride(x2), _backend.row_stride(t2), _backend.row_stride(ls2) if kmode == LS_ELEMENT else 0,
+        tiles.split_cols, tiles.n_split, float(log_scale_value), grad_div,
+        KIND=kind, LS_MODE=kmode, GRAD_X=grad_x, GRAD_LS=grad_ls, FP64=fp64,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
+    return parts, gx, gls
 
 
-def _triton_rescale(gx, gls, x, target, log_scale, log_scale_value, kind, reduction, grad):
-    """Backward for half-precision buffers: rows with grad != 1 recomputed with grad folded in."""
+def _triton_backward(x, target, log_scale, log_scale_value, kind, grad_div, gx, gls, g, coef, s_total):
     B = x.shape[0]
-    if B == 0 or x[0].numel() == 0:
-        return
-    grad_x = gx.numel() > 0
-    grad_ls = gls.numel() > 0 and _ls_mode(log_scale) == LS_ELEMENT
-    tiles = _backend.tiling(B, x[0].numel(), x.device)
-    _launch_nll(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, tiles,
-                None, gx, gls, grad=grad)
-
-
-def _triton_scale_rows(buf: Tensor, grad: Tensor) -> None:
-    B = buf.shape[0]
-    D = buf[0].numel() if B else 0
+    D = x[0].numel() if B else 0
+    dtype = _backend.compute_dtype(x, target, log_scale)
+    per_row = g.dim() > 0
+    grate = None
+    if coef is not None:
+        grate = torch.empty((B,) if per_row or coef.dim() else (), dtype=dtype, device=x.device)
+    gs = None
+    if s_total is not None and not per_row:
+        gs = torch.empty((), dtype=dtype, device=x.device)
+    element_ls = gls is not None and ls_mode(log_scale) == LS_ELEMENT
     if B == 0 or D == 0:
-        return
-    tiles = _backend.tiling(B, D, buf.device)
-    _backend.kernels("likelihoods").scale_rows_kernel[tiles.grid](
-        buf, grad, B, D, grad.stride(0) if grad.dim() else 0, tiles.split_cols,
-        FP64=buf.dtype == torch.float64 or grad.dtype == torch.float64,
+        if grate is not None:
+            grate = g * coef
+        return grate, (g * s_total if gs is not None else None)
+    tiles = _backend.tiling(B, D, x.device)
+    x2, t2 = _backend.as_rows(x), _backend.as_rows(target)
+    ls, kmode, fp64 = _ls_args(x, log_scale, log_scale_value, kind)
+    ls2 = _backend.as_rows(ls) if kmode == LS_ELEMENT else ls
+    recompute = (gx is not None and gx.dtype in HALF) or (element_ls and gls.dtype in HALF)
+    _backend.kernels("likelihoods").nll_backward_kernel[(tiles.programs,)](
+        x2, t2, ls2 if ls2 is not None else x2, gx if gx is not None else x2, gls if element_ls else x2, g,
+        coef if coef is not None else x2, grate if grate is not None else x2,
+        s_total if gs is not None else x2, gs if gs is not None else x2,
+        B, D, _backend.row_stride(x2), _backend.row_stride(t2), _backend.row_stride(ls2) if kmode == LS_ELEMENT else 0,
+        g.stride(0) if per_row else 0, (coef.stride(0) if coef.dim() else 0) if coef is not None else 0,
+        tiles.split_cols, tiles.n_split, tiles.n_tiles, float(log_scale_value), grad_div,
+        KIND=kind, LS_MODE=kmode, GRAD_X=gx is not None, GRAD_LS=element_ls, RECOMPUTE=recompute,
+        HAS_RATE=coef is not None, SCALAR_GS=gs is not None, G_SCALAR=not per_row, FP64=fp64,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
+    if s_total is not None and per_row:
+        gs = torch.dot(g.to(dtype), s_total)
+    return grate, gs
 
 
 # ----------------------------------------------------------------------------- PyTorch path
 
 
-def _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale):
+def _fused_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale):
     """The CPU path through one compiled loop (``_cpu_fused``); None when that is unavailable."""
     B, D = x.shape[0], math.prod(x.shape[1:])
     dtype = _backend.compute_dtype(x, target, log_scale)
-    mode = _ls_mode(log_scale)
+    mode = ls_mode(log_scale)
     if mode == LS_ELEMENT:
         s = log_scale.reshape(B, D)
     elif mode == LS_SCALAR:
@@ -139,52 +130,51 @@ def _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
     else:
         s = torch.full((), log_scale_value, dtype=dtype)
     # The gradient's scale as a (B, 1) column, even where one value would do: a broadcast column keeps
-    # Inductor's gradient loop 2-D, so it fuses with the (B, D) row sums into one pass over x and t.
-    # With a 0-dim scale the gradient loop is flattened to 1-D and cannot fuse; the Bernoulli loop
-    # then keeps exp(-|x|) in a buffer the size of x and reads x and t twice: 1.6x slower at 2^27
-    # elements (bench/NOTES.md), twice the peak memory, faster only while everything sits in cache.
-    scale = torch.full((B, 1), 1.0 / _grad_div(B, reduction), dtype=dtype)
+    # Inductor's gradient loop 2-D, so it fuses with the (B, D) row sums into one pass over x and t
+    # (a 0-dim scale flattens the gradient loop to 1-D, which then cannot fuse; bench/NOTES.md).
+    scale = torch.full((B, 1), 1.0 / grad_div, dtype=dtype)
     if grad_scale is not None:
         scale = grad_scale.to(dtype).reshape((-1, 1) if grad_scale.dim() else ()) * scale
-    want_gs = grad_ls and kind in (1, 3)
+    want_gs = grad_ls and kind in SCALED_KINDS
     result = _cpu_fused.nll_rows(kind, x.reshape(B, D), target.reshape(B, D), s, scale, dtype,
                                  x.dtype if grad_x else None,
                                  log_scale.dtype if want_gs and mode == LS_ELEMENT else None, want_gs)
     if result is None:
         return None
     rows, gx, gls = result
-    gx = gx.reshape(x.shape) if gx is not None else _backend.empty(x, x.dtype)
-    if gls is None:
-        gls = _backend.empty(x, dtype)
-    elif mode == LS_ELEMENT:
+    if gx is not None:
+        gx = gx.reshape(x.shape)
+    if gls is not None and mode == LS_ELEMENT:
         gls = gls.reshape(log_scale.shape)
-    return _reduce(rows, reduction), gx, gls
+    return rows, gx, gls
 
 
-@_backend.without_autocast
-def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale=None):
+def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale=None):
     if _cpu_fused.enabled(x):
-        fused = _fused_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls, grad_scale)
+        fused = _fused_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale)
         if fused is not None:
             return fused
     # Eager: written for few passes over memory (each torch op is one): row sums of squares go
     # through vecdot, temporaries are updated in place, and nothing is built with torch.where.
     B, D = x.shape[0], math.prod(x.shape[1:])
     dtype = _backend.compute_dtype(x, target, log_scale)
-    xx = x.to(dtype).reshape(B, D)
-    tt = target.to(dtype).reshape(B, D)
-    mode = _ls_mode(log_scale)
-    inv_div = 1.0 / _grad_div(B, reduction)
+    xx = _rows_view(x if x.dtype == dtype else x.to(dtype), B, D)
+    tt = _rows_view(target if target.dtype == dtype else target.to(dtype), B, D)
+    mode = ls_mode(log_scale)
+    inv_div = 1.0 / grad_div
     if grad_scale is not None:  # backward's grad_output, folded in before rounding to x's dtype
         inv_div = grad_scale.to(dtype).reshape((-1, 1) if grad_scale.dim() else ()) * inv_div
     gx = gls = None
     if kind == 0:
-        # x - x t - logsigmoid(x)  ==  max(x, 0) - x t + log1p(exp(-|x|)), stable for any logit.
-        buf = F.logsigmoid(xx).neg_().add_(xx).addcmul_(xx, tt, value=-1.0)
+        # softplus(x) - x t  ==  max(x, 0) - x t + log1p(exp(-|x|)), stable for any logit (torch's
+        # softplus returns x itself beyond x = 20, where log1p(exp(-x)) < 2.1e-9 is below x's ulp).
+        buf = F.softplus(xx).addcmul_(xx, tt, value=-1.0)
         rows = buf.sum(1)
         if grad_x:
             # The loss buffer is ours and spent: the gradient reuses its memory.
-            gx = torch.sigmoid(xx, out=buf).sub_(tt).mul_(inv_div)
+            gx = torch.sigmoid(xx, out=buf).sub_(tt)
+            if not isinstance(inv_div, float) or inv_div != 1.0:
+                gx.mul_(inv_div)
     elif kind == 2:
         diff = xx - tt
         rows = torch.linalg.vecdot(diff, diff)
@@ -226,160 +216,74 @@ def _torch_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_
                 gls = D - scaled             # per-row sums of 1 - |x - t| / b
             if grad_x:
                 gx = torch.sign(diff).mul_(inv_sigma * inv_div)
-    if rows.dim() == 0:  # a per-row constant with D == 0 rows... keep the (B,) shape
+    if rows.dim() == 0:  # a per-row constant with D == 0 rows: keep the (B,) shape
         rows = rows.expand(B)
-    gx = gx.to(x.dtype).reshape(x.shape) if gx is not None else _backend.empty(x, x.dtype)
-    if gls is None:
-        gls = _backend.empty(x, dtype)
-    elif mode == LS_ELEMENT:
+    if gx is not None:
+        gx = gx if gx.dtype == x.dtype else gx.to(x.dtype)
+        if gx.shape != x.shape:
+            gx = gx.reshape(x.shape)
+    if gls is not None and mode == LS_ELEMENT:
         gls = gls.to(log_scale.dtype).reshape(log_scale.shape)
-    return _reduce(rows, reduction), gx, gls
+    return rows, gx, gls
 
 
-def _torch_scale_rows(buf: Tensor, grad: Tensor) -> None:
-    if grad.dim() == 0:
-        if grad.device.type == "cpu" and grad.item() == 1.0:  # a CPU read is no device sync
-            return
-        buf.mul_(grad.to(buf.dtype) if buf.dtype != torch.float64 else grad)
-    else:
-        buf.mul_(grad.to(buf.dtype).reshape((-1,) + (1,) * (buf.dim() - 1)))
+def _rows_view(t: Tensor, rows: int, cols: int) -> Tensor:
+    # Each view is a dispatcher call: none when the tensor is already (B, D).
+    return t if t.dim() == 2 else t.reshape(rows, cols)
 
 
-def _torch_rescale(gx, gls, x, target, log_scale, log_scale_value, kind, reduction, grad):
-    if grad.dim() == 0 and grad.device.type == "cpu" and grad.item() == 1.0:
-        return
-    grad_ls = gls.numel() > 0 and _ls_mode(log_scale) == LS_ELEMENT
-    _, new_gx, new_gls = _torch_forward(x, target, log_scale, log_scale_value, kind, reduction,
-                                        gx.numel() > 0, grad_ls, grad_scale=grad)
-    if gx.numel():
-        gx.copy_(new_gx)
-    if grad_ls:
-        gls.copy_(new_gls)
+def _unit(g: Tensor) -> bool:
+    """grad_output is exactly one value 1: known without a device sync only for a CPU tensor."""
+    return g.dim() == 0 and g.device.type == "cpu" and g.item() == 1.0
 
 
-# ----------------------------------------------------------------------------- custom ops
+def _per_row(g: Tensor, like: Tensor) -> Tensor:
+    return g.reshape((-1,) + (1,) * (like.dim() - 1)) if g.dim() else g
 
 
-@torch.library.custom_op("fastvae::nll_forward", mutates_args=())
-def nll_forward(
-    x: Tensor, target: Tensor, log_scale: Optional[Tensor], log_scale_value: float,
-    kind: int, reduction: int, grad_x: bool, grad_log_scale: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Reduced negative log-likelihood and, when asked, its gradient buffers (see module doc)."""
-    impl = _triton_forward if _backend.use_triton(x.device) else _torch_forward
-    return impl(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_log_scale)
-
-
-@nll_forward.register_fake
-def _(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_log_scale):
-    dtype = _backend.compute_dtype(x, target, log_scale)
-    out = x.new_empty((x.shape[0],) if reduction == REDUCTIONS["none"] else (), dtype=dtype)
-    gx = x.new_empty(x.shape) if grad_x else x.new_empty((0,))
-    if grad_log_scale and log_scale is not None and log_scale.dim() > 0:
-        gls = log_scale.new_empty(log_scale.shape)
-    elif grad_log_scale:
-        gls = x.new_empty((x.shape[0],), dtype=dtype)
-    else:
-        gls = x.new_empty((0,), dtype=dtype)
-    return out, gx, gls
-
-
-def _scale_rows(buf: Tensor, grad: Tensor) -> None:
-    (_triton_scale_rows if _backend.use_triton(buf.device) else _torch_scale_rows)(buf, grad)
-
-
-@torch.library.custom_op("fastvae::scale_rows_", mutates_args=("buf",))
-def scale_rows_(buf: Tensor, grad: Tensor) -> None:
-    """buf[r] *= grad[r] (grad of shape (B,)) or buf *= grad (0-dim), in place."""
-    _scale_rows(buf, grad)
-
-
-@scale_rows_.register_fake
-def _(buf, grad):
-    return None
-
-
-@torch.library.custom_op("fastvae::nll_rescale_", mutates_args=("grad_x", "grad_log_scale"))
-def nll_rescale_(
-    grad_x: Tensor, grad_log_scale: Tensor, x: Tensor, target: Tensor, log_scale: Optional[Tensor],
-    log_scale_value: float, kind: int, reduction: int, grad: Tensor,
-) -> None:
-    """Backward for float16/bfloat16 buffers: recompute, with ``grad`` folded in before the one
-    rounding, the rows whose grad is not 1 (scaling the stored gradient would round twice)."""
-    _rescale(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad)
-
-
-def _rescale(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad) -> None:
-    impl = _triton_rescale if _backend.use_triton(x.device) else _torch_rescale
-    impl(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad)
-
-
-@nll_rescale_.register_fake
-def _(grad_x, grad_log_scale, x, target, log_scale, log_scale_value, kind, reduction, grad):
-    return None
-
-
-def _per_row(grad: Tensor, like: Tensor) -> Tensor:
-    return grad.reshape((-1,) + (1,) * (like.dim() - 1)) if grad.dim() else grad
-
-
-def _setup_context(ctx, inputs, output):
-    x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls = inputs
-    _, gx, gls = output
-    ctx.mark_non_differentiable(gx, gls)
-    ctx.save_for_backward(x, target, log_scale, gx, gls)
-    ctx.args = (log_scale_value, kind, reduction, grad_x, grad_ls)
-    ctx.consumed = False
-    ctx.set_materialize_grads(False)
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _backward(ctx, grad_out, _grad_gx, _grad_gls):
-    if grad_out is None:
-        return (None,) * 8
-    x, target, log_scale, gx, gls = ctx.saved_tensors
-    log_scale_value, kind, reduction, grad_x, grad_ls = ctx.args
-    element_ls = grad_ls and log_scale.dim() > 0
-    if _backend.tracing(grad_out):
-        # Under torch.compile: functional, so the compiler sees (and may fuse) a plain multiply.
-        if grad_x:
-            gx = gx * _per_row(grad_out, gx).to(gx.dtype)
-        if element_ls:
-            gls = gls * _per_row(grad_out, gls).to(gls.dtype)
-    else:
-        if ctx.consumed:
-            # The first backward scaled the buffers in place: recompute them for this one.
-            _, gx, gls = nll_forward(x, target, log_scale, log_scale_value, kind, reduction, grad_x, grad_ls)
-        ctx.consumed = True
-        # In place through .data: the multiply must not bump the saved buffers' versions, so that a
-        # retained graph can still unpack them on a second backward (which recomputes, above).
-        # The ops' bodies are called directly: in eager mode the dispatcher adds nothing but time.
-        if (grad_x and gx.dtype in _HALF) or (element_ls and gls.dtype in _HALF):
-            _rescale(gx.data, gls.data if element_ls else gls.new_empty((0,)), x, target, log_scale,
-                     log_scale_value, kind, reduction, grad_out)
-        else:
-            if grad_x:
-                _scale_rows(gx.data, grad_out)
+def _torch_backward(x, target, log_scale, log_scale_value, kind, grad_div, gx, gls, g, coef, s_total):
+    element_ls = gls is not None and ls_mode(log_scale) == LS_ELEMENT
+    if (gx is not None or element_ls) and not _unit(g):
+        if (gx is not None and gx.dtype in HALF) or (element_ls and gls.dtype in HALF):
+            _, new_gx, new_gls = _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div,
+                                             gx is not None, element_ls, grad_scale=g)
+            if gx is not None:
+                gx.copy_(new_gx)
             if element_ls:
-                _scale_rows(gls.data, grad_out)
-    grad_input = grad_target = grad_log_scale = None
-    if grad_x:
-        if ctx.needs_input_grad[0]:
-            grad_input = gx
-        if ctx.needs_input_grad[1] and kind != 0:
-            grad_target = (-gx).to(target.dtype)
-    if ctx.needs_input_grad[1] and kind == 0:
-        scale = grad_out / _grad_div(x.shape[0], reduction)
-        grad_target = (-x.to(_backend.compute_dtype(x, target)) * _per_row(scale, x)).to(target.dtype)
-    if grad_ls and ctx.needs_input_grad[2]:
-        if log_scale.dim() == 0:
-            scale = grad_out / _grad_div(x.shape[0], reduction)
-            grad_log_scale = (gls * scale).sum().to(log_scale.dtype)
+                gls.copy_(new_gls)
         else:
-            grad_log_scale = gls
-    return grad_input, grad_target, grad_log_scale, None, None, None, None, None
+            if gx is not None:
+                gx.mul_(_per_row(g, gx).to(gx.dtype) if gx.dtype != torch.float64 else _per_row(g, gx))
+            if element_ls:
+                gls.mul_(_per_row(g, gls).to(gls.dtype) if gls.dtype != torch.float64 else _per_row(g, gls))
+    grate = None if coef is None else g * coef
+    gs = None
+    if s_total is not None:
+        gs = g * s_total if g.dim() == 0 else torch.dot(g.to(s_total.dtype), s_total)
+    return grate, gs
 
 
-nll_forward.register_autograd(_backward, setup_context=_setup_context)
+def nll_rows(x: Tensor, target: Tensor, log_scale: Optional[Tensor], log_scale_value: float, kind: int,
+             grad_div: int, grad_x: bool, grad_ls: bool):
+    """(row sums (B,) or partial sums (B, n), grad_x buffer or None, grad_log_scale buffer or None).
+
+    The gradient buffers hold d(sum_r rows_r / grad_div) / dx (x's shape and dtype) and, for a
+    per-element log_scale, the same for log_scale; for a 0-dim log_scale the un-divided per-row
+    (or per-(row, split)) sums of d loss / d log_scale.
+    """
+    return ROWS[_backend.use_triton(x.device)](x, target, log_scale, log_scale_value, kind, grad_div, grad_x,
+                                               grad_ls)
+
+
+def nll_backward(x, target, log_scale, log_scale_value, kind, grad_div, gx, gls, g, coef=None, s_total=None):
+    """Scale ``gx`` (and a per-element ``gls``) by grad_output ``g`` in place; return
+    ``(g * coef or None, g * s_total or its dot product or None)``."""
+    if gx is None and gls is None and coef is None and s_total is None:
+        return None, None
+    return BACKWARD[_backend.use_triton(x.device)](x, target, log_scale, log_scale_value, kind, grad_div, gx, gls,
+                                                   g, coef, s_total)
+
+
+#: The implementations by backend (True: Triton), for callers that chose it once.
+ROWS = {True: _triton_rows, False: _torch_rows}
+BACKWARD = {True: _triton_backward, False: _torch_backward}
