@@ -417,3 +417,28 @@ def test_constrained_beta_value_feeds_beta_vae_loss():
     ref = fastvae.beta_vae_loss(recon, x, mu, logvar, beta=beta.item(), likelihood="mse")
     assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
     assert out.loss.item() == pytest.approx((out.distortion + beta * out.rate).item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the table of kinds
+
+
+def test_every_schedule_has_the_schedule_interface():
+    from fastvae.schedules import KINDS, OpenLoopSchedule, Schedule
+
+    for kind in KINDS.values():
+        assert issubclass(kind.schedule, Schedule), kind.name
+    assert issubclass(CapacityRamp, OpenLoopSchedule) and issubclass(ConstrainedBeta, Schedule)
+    assert not issubclass(ConstrainedBeta, OpenLoopSchedule)
+    assert tuple(KINDS) == BETA_SCHEDULE_KINDS
+
+
+def test_the_table_builds_each_kind_from_train_options():
+    from fastvae.schedules import KINDS
+    from fastvae.train import TrainConfig
+
+    config = TrainConfig(target_rate=5.0).to_dict()
+    for name, kind in KINDS.items():
+        args = kind.options(config)
+        assert set(args) <= set(kind.arguments), name
+        assert isinstance(make_beta_schedule(name, **args), kind.schedule)
+        assert kind.banner(config) and kind.title(config)
