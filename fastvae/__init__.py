@@ -2,7 +2,16 @@
 
 The functional API mirrors ``torch.nn.functional``; see :mod:`fastvae.functional`.
 """
-from .functional import (
+# The version, read by pyproject.toml (setuptools' dynamic version) and by the code.
+__version__ = "0.1.0"
+
+# Before torch is imported: the `fastvae train` command waits passively in OpenMP (see _openmp.py).
+from . import _openmp
+
+_openmp.set_for_the_command()
+
+from . import models, nn  # noqa: E402  (modules built on the functional API)
+from .functional import (  # noqa: E402
     VAELoss,
     bernoulli_nll,
     beta_vae_loss,
@@ -13,11 +22,7 @@ from .functional import (
     reparameterize,
     reparameterize_kl,
 )
-from .ops import get_backend, set_backend
-
-from . import models, nn  # noqa: E402  (modules built on the functional API)
-
-__version__ = "0.1.0"
+from .ops import get_backend, set_backend  # noqa: E402
 
 __all__ = [
     "VAELoss", "bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll", "laplace_nll", "mse",

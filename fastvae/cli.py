@@ -73,8 +73,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """The options of ``fastvae train``.  Defaults live in :class:`fastvae.train.TrainConfig`; the
     parser leaves options that were not given out of the namespace, so ``--resume`` can tell what the
     user asked to change."""
-    from .train import AMP_MODES, BETA_SCHEDULES, DEFAULT_STEPS, DEFAULT_TIME_LIMIT, LIKELIHOODS, LOSS_BACKENDS, \
-        MODELS, SHAPES_STEPS_PER_EPOCH, TrainConfig
+    from .schedules.kinds import kind_help
+    from .train import (
+        AMP_MODES,
+        BETA_SCHEDULES,
+        DEFAULT_STEPS,
+        DEFAULT_TIME_LIMIT,
+        LIKELIHOODS,
+        LOSS_BACKENDS,
+        MODELS,
+        SHAPES_STEPS_PER_EPOCH,
+        TrainConfig,
+    )
 
     d = TrainConfig()
     g = parser.add_argument_group("data and model")
@@ -93,8 +103,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g.add_argument("--beta", type=_float, metavar="X", help=f"weight of the rate (default {d.beta:g}); the gamma of a capacity "
                                                "run; the initial beta of a constrained one")
     g.add_argument("--beta-schedule", choices=BETA_SCHEDULES,
-                   help="constant, warmup (linear from --beta-start), cyclical (Fu et al. 2019) or constrained "
-                        "(dual ascent to --target-rate); default warmup, or constrained with --target-rate")
+                   help=f"{kind_help()}; default warmup, or constrained with --target-rate")
     g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N", help=f"warmup: steps to reach --beta (default {d.warmup_steps})")
     g.add_argument("--beta-start", type=_float, metavar="X", help="warmup: beta at step 0 (default 0)")
     g.add_argument("--cycle-steps", type=_positive_int, metavar="N", help=f"cyclical: steps per cycle (default {d.cycle_steps})")
@@ -227,54 +236,9 @@ def _run_bench(argv: Sequence[str]) -> int:
     return int(status or 0)
 
 
-def _device_option(argv: Sequence[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg == "--device" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--device="):
-            return arg.split("=", 1)[1]
-    return "auto"
-
-
-def _reexec_with_passive_omp(argv: Sequence[str]) -> None:
-    """Restart a CPU ``fastvae train`` with ``OMP_WAIT_POLICY=PASSIVE``, unless the variable is set.
-
-    PyTorch's OpenMP threads spin while they wait for work.  On a machine whose cores are shared
-    with other processes a spinning thread holds a core that the thread it waits for needs, and a
-    training step of the default run was measured 5-10x slower with 2 threads than with 1 on a busy
-    2-core machine; with passive waiting 2 threads were faster again.  The OpenMP runtime reads the
-    policy once, when torch is imported (before any code of ours runs), hence the restart.  Only
-    the command does this (``main()`` called without arguments), never a library call, and not
-    under torchrun (which sets OMP_NUM_THREADS=1 anyway).
-    """
-    if os.name != "posix" or "OMP_WAIT_POLICY" in os.environ or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        return
-    if not argv or argv[0] != "train" or "-h" in argv or "--help" in argv:
-        return
-    device = _device_option(argv)
-    if device.startswith("cuda") or (device == "auto" and _cuda_available()):
-        return
-    orig_argv = getattr(sys, "orig_argv", None)
-    if not orig_argv:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, list(orig_argv), dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
-    except OSError:
-        return  # carry on with the active policy
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``fastvae`` console script; returns the exit status."""
-    if argv is None:
-        _reexec_with_passive_omp(sys.argv[1:])
+    """Entry point of the ``fastvae`` console script; returns the exit status.  (A CPU
+    ``fastvae train`` waits passively in OpenMP: see :mod:`fastvae._openmp`.)"""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         # bench parses its own options (its parser is defined next to the benchmarks).

@@ -10,7 +10,7 @@ import fastvae as fv
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-LIKELIHOODS = ("bernoulli", "gaussian", "mse", "laplace")
+LIKELIHOODS = fv.functional.LIKELIHOODS
 
 
 def _batch(B=64, D=4096, L=32, dtype=torch.float32, seed=0):
@@ -138,3 +138,20 @@ def test_row_offsets_and_large_rows():
     torch.testing.assert_close(kl.double(), expected, rtol=1e-5, atol=1e-3)
     eps = ((whole - mu) / torch.exp(0.5 * logvar)).double()
     assert abs(eps.mean().item()) < 5e-3 and abs(eps.var().item() - 1) < 5e-3
+
+
+def test_train_on_cuda_restores_the_current_device_and_its_generator(tmp_path):
+    """fastvae.train.train() makes its device the current one and seeds generators; it puts both back."""
+    from fastvae.train import TrainConfig, train
+
+    images = torch.rand(32, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    current = torch.cuda.current_device()
+    cuda_rng, cpu_rng = torch.cuda.get_rng_state(current), torch.get_rng_state()
+    config = TrainConfig(model="mlp", hidden=(16,), latent_dim=2, batch_size=8, steps=2, plots=False,
+                         device=f"cuda:{torch.cuda.device_count() - 1}")
+    result = train(config, out=str(tmp_path / "run"), dataset=torch.utils.data.TensorDataset(images),
+                   progress=False, log=lambda *_: None)
+    assert result.step == 2 and result.metrics["device"] == config.device
+    assert torch.cuda.current_device() == current
+    assert torch.equal(torch.cuda.get_rng_state(current), cuda_rng)
+    assert torch.equal(torch.get_rng_state(), cpu_rng)

@@ -242,3 +242,10 @@ def test_reference_upcasts_and_keeps_graph():
     out.backward()
     assert x.grad.dtype == torch.float32
     close(x.grad.double(), torch.sigmoid(x.detach().double()) - t.double(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_reference_covers_the_librarys_likelihoods():
+    """reference.py names its likelihoods itself (it does not import fastvae); they are the library's."""
+    import fastvae.functional
+
+    assert R.LIKELIHOODS == fastvae.functional.LIKELIHOODS

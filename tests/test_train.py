@@ -290,6 +290,38 @@ def test_python_api_train(tmp_path):
     assert os.path.exists(os.path.join(result.out, CHECKPOINT_NAME))
 
 
+def test_train_leaves_the_callers_config_and_process_as_it_found_them(tmp_path, monkeypatch):
+    """train() works on a copy of the config (the run's resolved copy is in the result), and puts
+    back the thread count and the CPU generator it changes."""
+    import dataclasses
+
+    import fastvae.train.plan
+
+    monkeypatch.setattr(fastvae.train.plan, "DEFAULT_STEPS", 2)  # the default budget, but short
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "images.npy", binary_images(n=16, side=12))
+    config = TrainConfig(data="images.npy", hidden=(16,), latent_dim=2, batch_size=8, threads=2, plots=False,
+                         device="cpu")
+    before = dataclasses.replace(config)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    result = train(config, out="run", log=lambda *_: None)
+    assert result.status == "finished" and result.step == 2
+    assert config == before and config.model == "auto" and config.steps is None and config.time_limit is None
+    assert config.data == "images.npy" and config.steps_per_epoch is None
+    assert torch.get_num_threads() == threads == 1
+    assert torch.equal(torch.get_rng_state(), rng)
+    # the run's own config: resolved, and what metrics.json records
+    used = result.config
+    assert (used.model, used.steps, used.steps_per_epoch, used.time_limit) == ("mlp", 2, 2, 90.0)
+    assert used.data == str(tmp_path / "images.npy")
+    assert metrics(tmp_path / "run")["config"] == used.to_dict()
+    # the same on resume
+    more = TrainConfig(steps=3)
+    result = train(more, resume="run", explicit={"steps"}, log=lambda *_: None)
+    assert result.step == 3 and more == TrainConfig(steps=3)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == 1
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

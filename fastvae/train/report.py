@@ -19,12 +19,18 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from ..schedules import KINDS, default_kind
+from .metrics import ACTIVE_KL
+from .metrics import kl_per_dim as latent_kl
+from .seeding import eval_indices
+
 __all__ = ["write_report", "plot_curves", "plot_reconstructions", "plot_traversals", "plot_samples",
-           "TRAVERSAL_RANGE"]
+           "TRAVERSAL_RANGE", "PNG_STEMS"]
 
 TRAVERSAL_RANGE = 2.5
 _TRAVERSAL_STEPS = 11
-_ACTIVE_KL = 0.1  # nats: below this a latent dimension is reported as inactive (collapsed to the prior)
+#: The PNGs of a run, ``<stem>.png`` in its folder.
+PNG_STEMS = ("curves", "reconstructions", "traversals", "samples")
 
 
 class _Figures:
@@ -61,16 +67,7 @@ def _data_mean(model: nn.Module, output: Tensor) -> Tensor:
 
 
 def _objective_text(c: dict) -> str:
-    kind = c.get("beta_schedule") or ("constrained" if c.get("target_rate") is not None else "warmup")
-    beta = c.get("beta", 0.0)
-    if kind == "constrained":
-        text = f"constrained beta (target rate {c.get('target_rate'):g} nats)"
-    elif kind == "warmup" and c.get("warmup_steps"):
-        text = f"beta {c.get('beta_start', 0.0):g}->{beta:g} over {c.get('warmup_steps')} steps"
-    elif kind == "cyclical":
-        text = f"cyclical beta up to {beta:g}"
-    else:
-        text = f"beta {beta:g}"
+    text = KINDS[default_kind(c.get("beta_schedule") or None, c.get("target_rate"))].title(c)
     if c.get("capacity") is not None:
         text += f", capacity {c['capacity']:g} nats"
     return text
@@ -259,10 +256,10 @@ def plot_traversals(model: nn.Module, x: Tensor, kl_per_dim, path: str, value_ra
     labels = []
     for dim in order:
         kl = kl_per_dim[dim]
-        labels.append(f"z{dim}  KL {kl:.2f}" + (" (inactive)" if kl < _ACTIVE_KL else ""))
+        labels.append(f"z{dim}  KL {kl:.2f}" + (" (inactive)" if kl < ACTIVE_KL else ""))
     ax.set_yticklabels(labels, fontsize=9)
     for tick, dim in zip(ax.get_yticklabels(), order):
-        if kl_per_dim[dim] < _ACTIVE_KL:
+        if kl_per_dim[dim] < ACTIVE_KL:
             tick.set_color("0.55")
     _hide_frame(ax)
     thumb = 0.8
@@ -310,8 +307,6 @@ def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: in
     if figures is None:
         log("note: matplotlib is not installed, so no plots were written (pip install fastvae[plots])")
         return []
-    from .train import eval_indices
-
     was_training = model.training
     model.eval()
     paths = []
@@ -323,19 +318,19 @@ def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: in
         indices = eval_indices(len(dataset), 16, seed, device)
         x = dataset.batch(indices)
         head = _title(metrics)
-        paths.append(plot_curves(metrics, os.path.join(out, "curves.png"), figures=figures))
-        paths.append(plot_reconstructions(model, x, os.path.join(out, "reconstructions.png"), value_range,
+        png = {stem: os.path.join(out, f"{stem}.png") for stem in PNG_STEMS}
+        paths.append(plot_curves(metrics, png["curves"], figures=figures))
+        paths.append(plot_reconstructions(model, x, png["reconstructions"], value_range,
                                           title=f"Inputs and their reconstructions (decoded from z = mu)\n{head}",
                                           figures=figures))
         kl = (metrics.get("evaluation") or {}).get("kl_per_dim")
         if kl is None:
-            mu, logvar = model.encode(x)
-            kl = (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)).mean(0).tolist()
+            kl = latent_kl(*model.encode(x))
         paths.append(plot_traversals(
-            model, x[:1], kl, os.path.join(out, "traversals.png"), value_range, figures=figures,
+            model, x[:1], kl, png["traversals"], value_range, figures=figures,
             title=f"Latent traversals: decode(mu + v e_d), v in [-{TRAVERSAL_RANGE}, {TRAVERSAL_RANGE}]; "
                   f"rows sorted by KL (nats)\n{head}"))
-        paths.append(plot_samples(model, tuple(x.shape[1:]), os.path.join(out, "samples.png"), value_range, figures=figures,
+        paths.append(plot_samples(model, tuple(x.shape[1:]), png["samples"], value_range, figures=figures,
                                   seed=seed, title=f"Samples from the prior z ~ N(0, I)\n{head}"))
         if not _is_image(tuple(x.shape[1:])):
             log(f"note: samples of shape {tuple(x.shape[1:])} are not images; traversals and prior samples "

@@ -1,0 +1,186 @@
+"""What a run measures: the training clock, the running sums of loss, distortion and rate behind
+each reading and each epoch (:class:`Meter`), the evaluation of the latent dimensions, and
+``metrics.json``."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["METRICS_NAME", "METRICS_FORMAT", "ACTIVE_KL", "Timer", "Meter", "kl_per_dim", "evaluate"]
+
+METRICS_NAME = "metrics.json"
+METRICS_FORMAT = "fastvae-train-metrics/1"
+#: nats: a latent dimension whose KL is below this is counted inactive (collapsed to the prior).
+ACTIVE_KL = 0.1
+#: Samples of the fixed evaluation batch.
+EVAL_SAMPLES = 512
+
+
+class Timer:
+    """Wall time of training only (checkpoints and plots excluded)."""
+
+    def __init__(self):
+        self.total = 0.0
+        self._start: Optional[float] = None
+
+    def start(self):
+        self._start = time.perf_counter()
+
+    def stop(self):
+        if self._start is not None:
+            self.total += time.perf_counter() - self._start
+            self._start = None
+
+    def now(self) -> float:
+        return self.total + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+
+class _Window:
+    """The sums of (loss, distortion, rate) over a run of steps, and its training time: ``time``
+    banked by earlier segments (and earlier sessions), plus the timer's advance since ``clock``."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.steps = 0
+        self.time = 0.0
+        self.clock = 0.0
+
+    def elapsed(self, now: float) -> float:
+        return self.time + now - self.clock
+
+    def bank(self, now: float) -> None:
+        self.time += now - self.clock
+        self.clock = now
+
+    def reset(self, now: float) -> None:
+        self.sums.zero_()
+        self.steps = 0
+        self.time = 0.0
+        self.clock = now
+
+
+class Meter:
+    """The metrics of a run: a window since the last reading, a window since the epoch began, the
+    readings (``history``) and epochs written so far, and the training time.
+
+    Sums stay on the device (no host sync per step); a reading or an epoch end sums them over the
+    ranks and reads them once.  ``earlier_time`` is the training time of the sessions before this
+    one (from the checkpoint), ``timer`` this session's.
+    """
+
+    def __init__(self, device: torch.device, *, world_size: int, main: bool):
+        self.world_size = world_size
+        self.main = main
+        self.interval = _Window(device)
+        self.epoch = _Window(device)
+        self.history: list = []
+        self.epochs: list = []
+        self.earlier_time = 0.0
+        self.timer = Timer()
+
+    @property
+    def train_time(self) -> float:
+        """Seconds of training so far, this session included."""
+        return self.earlier_time + self.timer.now()
+
+    def add(self, value: Tensor, distortion: Tensor, rate: Tensor) -> None:
+        terms = torch.stack([value, distortion, rate]).to(torch.float64)
+        for window in (self.interval, self.epoch):
+            window.sums += terms
+            window.steps += 1
+
+    def means(self, sums: list, window: _Window) -> tuple:
+        """(loss, distortion, rate): the global batch means of ``sums`` (summed over the ranks)."""
+        return tuple(s / (window.steps * self.world_size) for s in sums)
+
+    def close_interval(self, means: tuple, now: float, *, step: int, epoch: float, beta: float, batch_size: int,
+                       capacity: Optional[float]) -> dict:
+        """Record the reading at ``step`` from the ``means`` of the interval; start the next one."""
+        steps = self.interval.steps
+        elapsed = max(self.interval.elapsed(now), 1e-9)
+        loss, distortion, rate = means
+        entry = {"step": step, "epoch": epoch, "loss": loss, "distortion": distortion, "rate": rate, "beta": beta,
+                 "samples_per_s": steps * batch_size / elapsed, "time_s": self.earlier_time + now}
+        if capacity is not None:
+            entry["capacity"] = capacity
+        self.history.append(entry)
+        self.interval.reset(now)
+        return entry
+
+    def close_epoch(self, sums: list, now: float, *, step: int, beta: float, batch_size: int) -> dict:
+        """Record the epoch that ends at ``step`` from its ``sums`` (summed over the ranks)."""
+        steps = self.epoch.steps
+        elapsed = self.epoch.elapsed(now)
+        loss, distortion, rate = self.means(sums, self.epoch)
+        entry = {"epoch": len(self.epochs) + 1, "step": step, "steps": steps, "loss": loss,
+                 "distortion": distortion, "rate": rate, "beta": beta,
+                 "samples_per_s": steps * batch_size / max(elapsed, 1e-9), "time_s": self.earlier_time + now}
+        self.epochs.append(entry)
+        self.epoch.reset(now)
+        return entry
+
+    def state(self, interval_sums: list, epoch_sums: list) -> dict:
+        """The checkpoint's ``metrics`` at a stop of the timer: the windows' time is banked and their
+        sums (summed over the ranks) are saved as sums of global batch means, so that any number of
+        processes can resume."""
+        now = self.timer.total
+        for window in (self.interval, self.epoch):
+            window.bank(now)
+        world = self.world_size
+        return {
+            "history": self.history,
+            "epochs": self.epochs,
+            "train_time": self.earlier_time + now,
+            "interval_sums": [v / world for v in interval_sums],
+            "interval_steps": self.interval.steps,
+            "interval_time": self.interval.time,
+            "epoch_sums": [v / world for v in epoch_sums],
+            "epoch_steps": self.epoch.steps,
+            "epoch_time": self.epoch.time,
+        }
+
+    def restore(self, metrics: dict) -> None:
+        """Continue from a checkpoint's ``metrics`` (raises KeyError, TypeError or ValueError when
+        it is malformed)."""
+        self.history = list(metrics["history"])
+        self.epochs = list(metrics["epochs"])
+        self.earlier_time = float(metrics["train_time"])
+        for window, name in ((self.interval, "interval"), (self.epoch, "epoch")):
+            sums = torch.tensor(metrics[f"{name}_sums"], dtype=torch.float64, device=window.sums.device)
+            # Sums of global means: rank 0 carries them for all ranks (flushes divide by the world size).
+            window.sums = sums * self.world_size if self.main else sums.zero_()
+            window.steps = int(metrics[f"{name}_steps"])
+            window.time = float(metrics[f"{name}_time"])
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> list:
+    """The KL of each latent dimension from the prior, averaged over the batch (nats)."""
+    from ..ops import eager
+
+    # kl_rows of the transposed batch: one row per latent dimension, summed over the samples.
+    return (eager.kl_rows(mu.t(), logvar.t()) / mu.shape[0]).tolist()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, seed: int, device: torch.device) -> dict:
+    """Per-dimension KL of the posterior over a fixed evaluation batch (eval mode, z = mu)."""
+    from .seeding import eval_indices
+
+    indices = eval_indices(len(dataset), EVAL_SAMPLES, seed, device)
+    x = dataset.batch(indices)
+    was_training = model.training
+    model.eval()
+    try:
+        mu, logvar = model.encode(x)
+        per_dim = kl_per_dim(mu, logvar)
+    finally:
+        model.train(was_training)
+    return {"kl_per_dim": per_dim, "active_dims": sum(v > ACTIVE_KL for v in per_dim), "eval_samples": len(indices)}
+
+
+def finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)

@@ -1,0 +1,70 @@
+"""What a run trains and keeps: the model, the optimizer, the schedules and the metrics, built
+from the run's plan and, on resume, restored from its checkpoint (:func:`build_parts`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..schedules import KINDS, Schedule, make_beta_schedule, make_capacity_schedule
+from .checkpoint import restore_checkpoint
+from .config import TrainConfig, schedule_kind
+from .distributed import Dist
+from .errors import TrainError
+from .metrics import Meter
+from .model import build_model
+from .plan import RunPlan
+from .process import ProcessState
+from .resume import Resumed
+
+__all__ = ["Parts", "build_parts", "make_schedules"]
+
+
+@dataclass
+class Parts:
+    """The trained and stateful parts of a run, the step they are at, and whether they come from a
+    checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    kind: str
+    beta_schedule: Schedule
+    capacity_schedule: Optional[Schedule]
+    meter: Meter
+    step: int
+    resumed: bool
+
+
+def make_schedules(c: TrainConfig, kind: str, device: torch.device) -> tuple:
+    """(beta schedule, capacity schedule or None) of the config; the beta schedule is chosen by its
+    kind in :data:`fastvae.schedules.KINDS`."""
+    entry = KINDS[kind]
+    args = entry.options(c.to_dict())
+    if "device" in entry.arguments:
+        args["device"] = device
+    try:
+        beta = make_beta_schedule(kind, **args)
+        capacity = make_capacity_schedule(c.capacity, c.capacity_steps if c.capacity is not None else None)
+    except ValueError as exc:
+        raise TrainError(f"beta schedule: {exc}") from None
+    return beta, capacity
+
+
+def build_parts(plan: RunPlan, d: Dist, process: ProcessState, resumed: Optional[Resumed]) -> Parts:
+    """The parts of ``plan``'s run: the model initialized from the seed, or everything restored
+    from the checkpoint of ``resumed``."""
+    c, device = plan.config, plan.device
+    process.seed_cpu(c.seed)
+    model = build_model(c, tuple(plan.dataset.sample_shape)).to(device)
+    kind = schedule_kind(c)
+    beta_schedule, capacity_schedule = make_schedules(c, kind, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
+    meter = Meter(device, world_size=d.world_size, main=d.main)
+    step = 0
+    if resumed is not None:
+        step = restore_checkpoint(resumed.checkpoint, resumed.path, model=model, optimizer=optimizer,
+                                  beta_schedule=beta_schedule, capacity_schedule=capacity_schedule, meter=meter,
+                                  device=device)
+    return Parts(model, optimizer, kind, beta_schedule, capacity_schedule, meter, step, resumed is not None)

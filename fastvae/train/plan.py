@@ -1,0 +1,108 @@
+"""Resolving a run before it starts: its device, its data, the per-rank batch, the model kind and
+the step budget (:func:`plan_run`).  The config that comes out has no 'auto' or unset entry left
+that the run depends on; it is what the checkpoint and ``metrics.json`` record."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..environment import resolve_device
+from .config import DEFAULT_STEPS, DEFAULT_TIME_LIMIT, SHAPES_STEPS_PER_EPOCH, TrainConfig, data_key
+from .distributed import Dist
+from .errors import TrainError
+from .model import model_kind
+from .resume import Resumed
+
+__all__ = ["RunPlan", "plan_run", "device_for"]
+
+
+@dataclass
+class RunPlan:
+    """What :func:`plan_run` settles: the resolved config, the device, the data and the budget."""
+
+    config: TrainConfig
+    device: torch.device
+    dataset: Any
+    data_info: dict
+    local_batch: int
+    total_steps: int
+
+
+def device_for(text: str, d: Dist) -> torch.device:
+    """The device of this process (under torchrun, CUDA device ``LOCAL_RANK``)."""
+    try:
+        return resolve_device(text, d.local_rank if d.enabled else None)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _open_data(c: TrainConfig, device: torch.device, user_dataset: Any) -> tuple:
+    """(dataset, the config's ``data`` entry): a user dataset is recorded as ``<ClassName>``, a file
+    by its absolute path (so that --resume from another folder reads the same file)."""
+    from ..data import get_dataset  # numpy: a dependency of the train extra
+
+    if user_dataset is not None:
+        return get_dataset(user_dataset, device=device, seed=c.seed), f"<{type(user_dataset).__name__}>"
+    dataset = get_dataset(c.data, device=device, seed=c.seed)
+    return dataset, c.data if data_key(c.data) in ("shapes", "digits") else os.path.abspath(c.data)
+
+
+def _describe(dataset, likelihood: str, given: str, data: str) -> dict:
+    """The data's description (``data_info``); ``given`` is how the user named it, ``data`` the
+    config's entry."""
+    lo, hi = dataset.value_range
+    if likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
+        raise TrainError(f"{given}: --likelihood bernoulli needs values in [0, 1], the data has values in "
+                         f"[{lo:g}, {hi:g}]; rescale it or use --likelihood gaussian")
+    return {"name": getattr(dataset, "name", str(data)), "len": len(dataset),
+            "sample_shape": list(dataset.sample_shape), "value_range": [float(lo), float(hi)]}
+
+
+def _check_same_data(resumed: Optional[Resumed], data_info: dict, data: str) -> None:
+    if resumed is None:
+        return
+    stored = resumed.checkpoint.get("data_info", {})
+    for key in ("len", "sample_shape"):
+        if key in stored and stored[key] != data_info[key]:
+            raise TrainError(f"{resumed.path}: the checkpoint was trained on data with {key} "
+                             f"{stored[key]}, {data} has {data_info[key]}")
+
+
+def _budget(c: TrainConfig, *, is_stream: bool, n: int, resumed: bool) -> TrainConfig:
+    """``c`` with steps per epoch, the model kind, the steps and the time limit settled."""
+    steps_per_epoch = c.steps_per_epoch
+    if steps_per_epoch is None:
+        steps_per_epoch = SHAPES_STEPS_PER_EPOCH if is_stream else max(1, n // c.batch_size)
+    time_limit = c.time_limit
+    if c.steps is not None:
+        total = c.steps
+    elif c.epochs is not None:
+        total = c.epochs * steps_per_epoch
+    else:
+        total = DEFAULT_STEPS
+        if not resumed and time_limit is None:
+            time_limit = DEFAULT_TIME_LIMIT
+    return dataclasses.replace(c, steps_per_epoch=steps_per_epoch, time_limit=time_limit,
+                               steps=total if c.epochs is None else None)
+
+
+def plan_run(config: TrainConfig, d: Dist, *, user_dataset: Any, resumed: Optional[Resumed],
+             device: torch.device) -> RunPlan:
+    """Open the data on ``device`` and settle the run's config (a new object; ``config`` is kept)."""
+    if d.enabled and config.batch_size % d.world_size:
+        raise TrainError(f"--batch-size {config.batch_size} is the global batch and must be divisible by the "
+                         f"{d.world_size} processes")
+    dataset, data = _open_data(config, device, user_dataset)
+    given = data if user_dataset is not None else config.data
+    data_info = _describe(dataset, config.likelihood, given, data)
+    _check_same_data(resumed, data_info, data)
+    is_stream = getattr(dataset, "name", None) == "shapes"
+    c = _budget(dataclasses.replace(config, data=data), is_stream=is_stream, n=len(dataset),
+                resumed=resumed is not None)
+    c = dataclasses.replace(c, model=model_kind(c.model, tuple(dataset.sample_shape)))
+    total = c.steps if c.steps is not None else c.epochs * c.steps_per_epoch
+    return RunPlan(c, device, dataset, data_info, config.batch_size // d.world_size, total)

@@ -1,0 +1,69 @@
+"""What is random in a run, as a function of the seed and the step.
+
+The global batch is a slice of a stream of per-pass permutations of the dataset
+(:class:`IndexStream`), the reparameterization noise of step ``s`` is drawn from a generator
+re-seeded with :func:`noise_seed` ``(seed, s)``, and the plots and the evaluation use a fixed set of
+samples (:func:`eval_indices`).  So a resumed run replays exactly what an uninterrupted one does,
+and each rank of a DDP run reads its slice of the batch and of the noise.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["mix", "noise_seed", "IndexStream", "eval_indices"]
+
+_MASK64 = (1 << 64) - 1
+_DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM = 0xDA7A, 0x5EED, 0xE7A1
+
+
+def mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 steps): decorrelated streams per (seed, purpose, index)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """The seed of the noise generator at ``step`` (the same on every rank)."""
+    return mix(seed, _NOISE_STREAM, step)
+
+
+class IndexStream:
+    """Sample indices: the concatenation of per-pass permutations of ``range(n)``; pass ``p`` is
+    ``randperm(n)`` seeded from ``(seed, p)``.  Position ``step * batch + offset`` is a pure function
+    of the seed, so resuming needs only the step, and each rank reads its own slice of the global
+    batch."""
+
+    def __init__(self, n: int, seed: int, device: torch.device):
+        self.n, self.seed, self.device = n, seed, device
+        self._perms: dict = {}
+
+    def _perm(self, p: int) -> Tensor:
+        perm = self._perms.get(p)
+        if perm is None:
+            generator = torch.Generator().manual_seed(mix(self.seed, _DATA_STREAM, p))
+            perm = torch.randperm(self.n, generator=generator).to(self.device)
+            self._perms = {k: v for k, v in self._perms.items() if k >= p - 1}
+            self._perms[p] = perm
+        return perm
+
+    def take(self, start: int, size: int) -> Tensor:
+        parts, pos, end = [], start, start + size
+        while pos < end:
+            p, offset = divmod(pos, self.n)
+            count = min(end - pos, self.n - offset)
+            parts.append(self._perm(p)[offset:offset + count])
+            pos += count
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def eval_indices(n: int, count: int, seed: int, device) -> Tensor:
+    """A fixed set of ``count`` sample indices (all of them if the data has fewer) for plots and evaluation."""
+    generator = torch.Generator().manual_seed(mix(seed, _EVAL_STREAM))
+    return torch.randperm(n, generator=generator)[:count].to(device)
