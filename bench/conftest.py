@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fastvae import bench as fb
+from fastvae.environment import auto_device
 
 SUITE_MAX_ELEMENTS = {"cuda": 2**24, "cpu": 2**18}
 
@@ -45,9 +46,7 @@ def _split(text: str, choices) -> list[str]:
 
 
 def bench_config(config) -> fb.BenchConfig:
-    device = config.getoption("fastvae_device")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = auto_device(config.getoption("fastvae_device"))
     device_type = torch.device(device).type
     return fb.BenchConfig(
         device=device,

@@ -1,5 +1,5 @@
 """Smoke test of `fastvae bench` (fastvae.bench) on a tiny CPU sweep: report schema, byte floors,
-plots and the README table."""
+and the plots and README table of bench/report.py."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from fastvae import bench as fb
+from fastvae.bench import runner
+
+br = fb.report_module()   # bench/report.py of this checkout: plots and README tables
 
 CASE_FIELDS = {
     "op", "mode", "provider", "dtype", "batch", "sample_size", "latent_dim", "shape", "numel",
@@ -121,7 +124,7 @@ def test_eager_baselines_match_fastvae():
 
 
 def test_plot_and_readme(report_path, tmp_path):
-    pngs = fb.plot(report_path, tmp_path)
+    pngs = br.plot(report_path, tmp_path)
     assert [p.name for p in pngs] == [f"cpu-test-{op}.png" for op in fb.OPS]
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,12 +132,12 @@ def test_plot_and_readme(report_path, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\nhand-written text\n")
     report = fb.load_json(report_path)
-    fb.update_readme(readme, report, pngs)
-    fb.update_readme(readme, report, pngs)   # regenerating replaces the block, never duplicates it
+    br.update_readme(readme, report, pngs)
+    br.update_readme(readme, report, pngs)   # regenerating replaces the block, never duplicates it
     text = readme.read_text()
     slug = report["device"]["slug"]
     assert text.startswith("# Benchmarks\n\nhand-written text\n")
-    assert text.count(fb.README_BEGIN.format(slug=slug)) == 1 and text.count(fb.README_END.format(slug=slug)) == 1
+    assert text.count(br.README_BEGIN.format(slug=slug)) == 1 and text.count(br.README_END.format(slug=slug)) == 1
     assert "beta_vae_loss fwd+bwd at the largest size" in text
     beta_rows = [line for line in text.splitlines() if line.startswith("| float32 | 8x64, 8x8 |")]
     assert len(beta_rows) == 1 and beta_rows[0].endswith("x | n/a |")   # vs eager; no compile case here
@@ -150,7 +153,7 @@ def test_cli_plot_only(report_path, tmp_path):
     readme = tmp_path / "README.md"
     assert fb.main(["--plot-only", str(target), "--readme", str(readme), "--quiet"]) == 0
     assert [p.name for p in tmp_path.glob("*.png")] == ["r-mse.png"]
-    assert fb.README_BEGIN.format(slug=fb.load_json(target)["device"]["slug"]) in readme.read_text()
+    assert br.README_BEGIN.format(slug=fb.load_json(target)["device"]["slug"]) in readme.read_text()
 
 
 def test_merge_reports(report_path):
@@ -159,7 +162,7 @@ def test_merge_reports(report_path):
     new = dict(report, cases=[c for c in report["cases"] if c["op"] == "mse"],
                copy_bandwidth=dict(report["copy_bandwidth"], gbps=2 * report["copy_bandwidth"]["gbps"]))
     merged = fb.merge_reports(old, new)
-    assert sorted(map(fb._case_key, merged["cases"])) == sorted(map(fb._case_key, report["cases"]))
+    assert sorted(map(fb.case_key, merged["cases"])) == sorted(map(fb.case_key, report["cases"]))
     assert len(merged["runs"]) == 2
     kept = next(c for c in merged["cases"] if c["op"] == "bernoulli_nll")
     assert math.isclose(kept["frac_copy_bw"], kept["gbps"] / new["copy_bandwidth"]["gbps"])
@@ -186,7 +189,7 @@ def test_interrupted_run_keeps_finished_groups_and_merge_carries_on(tmp_path, mo
     base = ["--device", "cpu", "--modes", "fwd", "--providers", "fastvae", "--dtypes", "float32",
             "--max-elements", "256", "--min-batch", "4", "--sample-size", "64", "--rep-ms", "1",
             "--copy-bytes", str(2**22), "--out", str(out), "--readme", "none", "--no-plot", "--quiet"]
-    measure = fb.measure
+    measure = runner.measure
     calls = []
 
     def stop_in_second_group(case, *args, **kwargs):
@@ -195,7 +198,7 @@ def test_interrupted_run_keeps_finished_groups_and_merge_carries_on(tmp_path, mo
             raise KeyboardInterrupt
         return measure(case, *args, **kwargs)
 
-    monkeypatch.setattr(fb, "measure", stop_in_second_group)
+    monkeypatch.setattr(runner, "measure", stop_in_second_group)
     with pytest.raises(KeyboardInterrupt):
         fb.main(base + ["--ops", "mse,laplace_nll"])
     partial = fb.load_json(out)
@@ -203,7 +206,7 @@ def test_interrupted_run_keeps_finished_groups_and_merge_carries_on(tmp_path, mo
     assert [c["op"] for c in partial["cases"]] == ["mse"]
     assert not list(tmp_path.glob("*.tmp"))
 
-    monkeypatch.setattr(fb, "measure", measure)
+    monkeypatch.setattr(runner, "measure", measure)
     assert fb.main(base + ["--ops", "laplace_nll", "--merge"]) == 0
     merged = fb.load_json(out)
     assert "partial" not in merged

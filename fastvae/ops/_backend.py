@@ -6,8 +6,6 @@ import functools
 import importlib
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import torch
 from torch.autograd import forward_ad as _forward_ad
@@ -108,24 +106,10 @@ def use_triton(device: torch.device) -> bool:
 def kernels(name: str):
     """Import ``fastvae._kernels.<name>`` on first use (after TRITON_INTERPRET is settled).
 
-    In an installed package the kernels are ``fastvae._kernels``; in a source tree that was not
-    installed they are loaded from the top-level ``kernels/`` directory under the same name.
+    The kernels are the repository's top-level ``kernels/`` folder: pyproject.toml installs it as
+    ``fastvae._kernels`` (``package-dir``), and in a source tree ``fastvae/_kernels/__init__.py``
+    points that package at the folder.
     """
-    try:
-        return importlib.import_module(f"fastvae._kernels.{name}")
-    except ModuleNotFoundError as err:
-        if err.name not in ("fastvae._kernels", f"fastvae._kernels.{name}"):
-            raise
-    source = Path(__file__).resolve().parents[2] / "kernels"
-    if "fastvae._kernels" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "fastvae._kernels", source / "__init__.py", submodule_search_locations=[str(source)]
-        )
-        if spec is None or spec.loader is None:
-            raise ModuleNotFoundError(f"fastvae's Triton kernels are missing (looked in {source.name}/)")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fastvae._kernels"] = module
-        spec.loader.exec_module(module)
     return importlib.import_module(f"fastvae._kernels.{name}")
 
 

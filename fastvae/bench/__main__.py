@@ -1,0 +1,7 @@
+"""``python -m fastvae.bench``: the same as ``fastvae bench``."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""What is timed for each op and provider.
+
+* ``fastvae``: fastvae's op (``import fastvae``; FASTVAE_BACKEND picks Triton for CUDA tensors and
+  the torch path for CPU tensors);
+* ``eager``: the loss written the way it is usually written in PyTorch (the formulas of
+  :mod:`fastvae.ops.eager`);
+* ``compile``: ``torch.compile`` of that same eager function, static shapes, compiled during
+  warm-up so compile time is never timed (:func:`fastvae.bench.inputs.provider_fn`).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import eager
+
+__all__ = ["BETA", "PROVIDERS"] + [
+    f"{p}_{op}" for p in ("eager", "fastvae") for op in (
+        "reparameterize_kl", "bernoulli_nll", "gaussian_nll", "mse", "laplace_nll", "beta_vae_loss", "training_step")]
+
+PROVIDERS = ("fastvae", "eager", "compile")
+BETA = 4.0
+
+
+# Eager baselines: the VAE objective as it is commonly written in PyTorch today.
+
+def eager_reparameterize_kl(mu, logvar):
+    std = torch.exp(0.5 * logvar)
+    z = mu + torch.randn_like(std) * std
+    return z, eager.kl_rows(mu, logvar).mean()
+
+
+def eager_bernoulli_nll(logits, target):
+    return eager.nll_rows("bernoulli", logits, target).mean()
+
+
+def eager_gaussian_nll(mean, target, log_scale=0.0):
+    return eager.nll_rows("gaussian", mean, target, log_scale).mean()
+
+
+def eager_mse(recon, target):
+    return eager.nll_rows("mse", recon, target).mean()
+
+
+def eager_laplace_nll(loc, target, log_scale=0.0):
+    return eager.nll_rows("laplace", loc, target, log_scale).mean()
+
+
+def eager_beta_vae_loss(recon, target, mu, logvar, beta=BETA):
+    return eager.combine(eager.nll_rows("bernoulli", recon, target), eager.kl_rows(mu, logvar), beta, None, "mean")
+
+
+# fastvae providers, resolved lazily so that `fastvae.cli` can import this module cheaply.
+
+def _fv():
+    import fastvae
+    return fastvae
+
+
+def fastvae_reparameterize_kl(mu, logvar):
+    return _fv().reparameterize_kl(mu, logvar)
+
+
+def fastvae_bernoulli_nll(logits, target):
+    return _fv().bernoulli_nll(logits, target)
+
+
+def fastvae_gaussian_nll(mean, target):
+    return _fv().gaussian_nll(mean, target)
+
+
+def fastvae_mse(recon, target):
+    return _fv().mse(recon, target)
+
+
+def fastvae_laplace_nll(loc, target):
+    return _fv().laplace_nll(loc, target)
+
+
+def fastvae_beta_vae_loss(recon, target, mu, logvar, beta=BETA):
+    return tuple(_fv().beta_vae_loss(recon, target, mu, logvar, beta=beta, likelihood="bernoulli"))
+
+
+# The training pattern: z and the per-sample rate from the latent, the decoder (here a given upstream
+# gradient for z, so that no decoder op is timed), the loss of both, backward into recon, mu and logvar.
+
+def eager_training_step(mu, logvar, recon, target, beta=BETA):
+    z, rate = eager_reparameterize_kl(mu, logvar)
+    return eager_bernoulli_nll(recon, target) + beta * rate, z
+
+
+def fastvae_training_step(mu, logvar, recon, target, beta=BETA):
+    fv = _fv()
+    z, rate = fv.reparameterize_kl(mu, logvar, reduction="none")
+    return fv.beta_vae_loss(recon, target, rate=rate, beta=beta).loss, z
