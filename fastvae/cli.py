@@ -11,6 +11,19 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .schedules.kinds import kind_help
+from .train.config import (
+    AMP_MODES,
+    BETA_SCHEDULES,
+    DEFAULT_STEPS,
+    DEFAULT_TIME_LIMIT,
+    LIKELIHOODS,
+    LOSS_BACKENDS,
+    MODELS,
+    SHAPES_STEPS_PER_EPOCH,
+    TrainConfig,
+)
+
 __all__ = ["main", "build_parser", "train_config_from_args"]
 
 _TRAIN_EPILOG = """\
@@ -69,93 +82,106 @@ def _widths(text: str) -> tuple:
     return widths
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``fastvae train``.  Defaults live in :class:`fastvae.train.TrainConfig`; the
-    parser leaves options that were not given out of the namespace, so ``--resume`` can tell what the
-    user asked to change."""
-    from .schedules.kinds import kind_help
-    from .train import (
-        AMP_MODES,
-        BETA_SCHEDULES,
-        DEFAULT_STEPS,
-        DEFAULT_TIME_LIMIT,
-        LIKELIHOODS,
-        LOSS_BACKENDS,
-        MODELS,
-        SHAPES_STEPS_PER_EPOCH,
-        TrainConfig,
-    )
-
-    d = TrainConfig()
-    g = parser.add_argument_group("data and model")
-    g.add_argument("--data", metavar="NAME|FILE", help=f"'shapes' (procedural dSprites-like 64x64 sprites), 'digits' (scikit-learn's 8x8 "
-                                  f"digits) or a .npy/.npz file ('file.npz:key' for one array); default {d.data}")
-    g.add_argument("--model", choices=MODELS, help="conv (Burgess et al. 2018, 32x32 or 64x64 images) or mlp; "
-                                                   "default auto: conv when the images fit it, else mlp")
+def _data_and_model_options(g, d) -> None:
+    g.add_argument("--data", metavar="NAME|FILE",
+                   help=f"'shapes' (procedural dSprites-like 64x64 sprites), 'digits' (scikit-learn's 8x8 digits) or a "
+                        f".npy/.npz file ('file.npz:key' for one array); default {d.data}")
+    g.add_argument("--model", choices=MODELS,
+                   help="conv (Burgess et al. 2018, 32x32 or 64x64 images) or mlp; default auto: conv when the images "
+                        "fit it, else mlp")
     g.add_argument("--latent-dim", type=_positive_int, metavar="N", help=f"size of z (default {d.latent_dim})")
-    g.add_argument("--hidden", type=_widths, metavar="W1,W2,..", help=f"mlp layer widths, e.g. 512,256 (default "
-                                                  f"{','.join(map(str, d.hidden))})")
+    g.add_argument("--hidden", type=_widths, metavar="W1,W2,..",
+                   help=f"mlp layer widths, e.g. 512,256 (default {','.join(map(str, d.hidden))})")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"decoder likelihood (default {d.likelihood})")
-    g.add_argument("--log-scale", type=_float, metavar="X", help="gaussian/laplace: fixed log of the decoder scale (default 0)")
+    g.add_argument("--log-scale", type=_float, metavar="X",
+                   help="gaussian/laplace: fixed log of the decoder scale (default 0)")
     g.add_argument("--learn-scale", action="store_true", help="gaussian/laplace: learn the decoder scale")
 
-    g = parser.add_argument_group("objective: loss = distortion + beta * rate  (or beta * |rate - C|)")
-    g.add_argument("--beta", type=_float, metavar="X", help=f"weight of the rate (default {d.beta:g}); the gamma of a capacity "
-                                               "run; the initial beta of a constrained one")
+
+def _objective_options(g, d) -> None:
+    g.add_argument("--beta", type=_float, metavar="X",
+                   help=f"weight of the rate (default {d.beta:g}); the gamma of a capacity run; the initial beta of a "
+                        "constrained one")
     g.add_argument("--beta-schedule", choices=BETA_SCHEDULES,
                    help=f"{kind_help()}; default warmup, or constrained with --target-rate")
-    g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N", help=f"warmup: steps to reach --beta (default {d.warmup_steps})")
+    g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N",
+                   help=f"warmup: steps to reach --beta (default {d.warmup_steps})")
     g.add_argument("--beta-start", type=_float, metavar="X", help="warmup: beta at step 0 (default 0)")
-    g.add_argument("--cycle-steps", type=_positive_int, metavar="N", help=f"cyclical: steps per cycle (default {d.cycle_steps})")
-    g.add_argument("--cycle-ratio", type=_float, metavar="X", help="cyclical: fraction of a cycle spent ramping (default 0.5)")
+    g.add_argument("--cycle-steps", type=_positive_int, metavar="N",
+                   help=f"cyclical: steps per cycle (default {d.cycle_steps})")
+    g.add_argument("--cycle-ratio", type=_float, metavar="X",
+                   help="cyclical: fraction of a cycle spent ramping (default 0.5)")
     g.add_argument("--n-cycles", type=_positive_int, metavar="N", help="cyclical: cycles before beta stays at --beta")
-    g.add_argument("--target-rate", type=_float, metavar="X", help="constrained beta: the KL to hold, in nats per sample")
-    g.add_argument("--beta-lr", type=_float, metavar="X", help=f"constrained beta: step of log(beta) per nat of excess rate "
-                                                  f"(default {d.beta_lr:g})")
-    g.add_argument("--beta-alpha", type=_float, metavar="X", help="constrained beta: moving average of the constraint, in [0, 1)")
-    g.add_argument("--capacity", type=_float, metavar="X", help="capacity C in nats (Burgess et al. 2018): beta * |rate - C|")
-    g.add_argument("--capacity-steps", type=_nonneg_int, metavar="N", help="steps over which C ramps from 0 (default 0)")
+    g.add_argument("--target-rate", type=_float, metavar="X",
+                   help="constrained beta: the KL to hold, in nats per sample")
+    g.add_argument("--beta-lr", type=_float, metavar="X",
+                   help=f"constrained beta: step of log(beta) per nat of excess rate (default {d.beta_lr:g})")
+    g.add_argument("--beta-alpha", type=_float, metavar="X",
+                   help="constrained beta: moving average of the constraint, in [0, 1)")
+    g.add_argument("--capacity", type=_float, metavar="X",
+                   help="capacity C in nats (Burgess et al. 2018): beta * |rate - C|")
+    g.add_argument("--capacity-steps", type=_nonneg_int, metavar="N",
+                   help="steps over which C ramps from 0 (default 0)")
     g.add_argument("--loss-backend", choices=LOSS_BACKENDS,
                    help="fastvae (fused ops, default) or torch: the same training with the loss written in eager "
                         "PyTorch (BCE-with-logits + KL formula), for comparison")
 
-    g = parser.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=_positive_int, metavar="N", help=f"global batch, split across processes "
-                                                            f"(default {d.batch_size})")
+
+def _optimization_options(g, d) -> None:
+    g.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help=f"global batch, split across processes (default {d.batch_size})")
     g.add_argument("--lr", type=_float, metavar="X", help=f"Adam learning rate (default {d.lr:g})")
     g.add_argument("--lr-warmup", type=_nonneg_int, metavar="N",
                    help=f"steps of linear learning-rate warm-up from 0 (default {d.lr_warmup})")
     budget = g.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_positive_int, metavar="N", help="training steps (total, counting resumed ones)")
+    budget.add_argument("--steps", type=_positive_int, metavar="N",
+                        help="training steps (total, counting resumed ones)")
     budget.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (total)")
     g.add_argument("--steps-per-epoch", type=_positive_int, metavar="N",
                    help=f"steps per epoch (default: len(data) // batch size; {SHAPES_STEPS_PER_EPOCH} for the endless "
                         "shapes stream)")
-    g.add_argument("--time-limit", type=_float, metavar="X", help="stop after this many seconds of training, with a checkpoint "
-                                                     f"(default: {DEFAULT_TIME_LIMIT:g} s when neither --steps nor "
-                                                     f"--epochs is given, then at most {DEFAULT_STEPS} steps)")
-    g.add_argument("--seed", type=int, metavar="N", help="seed of the initialization, data order and noise (default 0)")
+    g.add_argument("--time-limit", type=_float, metavar="X",
+                   help=f"stop after this many seconds of training, with a checkpoint (default: {DEFAULT_TIME_LIMIT:g} "
+                        f"s when neither --steps nor --epochs is given, then at most {DEFAULT_STEPS} steps)")
+    g.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the initialization, data order and noise (default 0)")
 
-    g = parser.add_argument_group("hardware")
-    g.add_argument("--device", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each process "
-                                    "takes cuda:LOCAL_RANK")
-    g.add_argument("--amp", choices=AMP_MODES, help="bf16: run the model under torch.autocast(bfloat16) "
-                                                    "(default none)")
+
+def _hardware_options(g, d) -> None:
+    g.add_argument("--device", metavar="DEVICE",
+                   help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each process takes "
+                        "cuda:LOCAL_RANK")
+    g.add_argument("--amp", choices=AMP_MODES, help="bf16: run the model under torch.autocast(bfloat16) (default none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model and loss step")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
 
-    g = parser.add_argument_group("output")
-    g.add_argument("--out", metavar="FOLDER", help="output folder (default runs/<date-time>); must be new or empty unless --resume "
-                                 "or --overwrite")
+
+def _output_options(g, d) -> None:
+    g.add_argument("--out", metavar="FOLDER",
+                   help="output folder (default runs/<date-time>); must be new or empty unless --resume or --overwrite")
     g.add_argument("--resume", nargs="?", const="", metavar="PATH",
                    help="continue a run exactly from its checkpoint: a run folder or checkpoint file (default: --out)")
     g.add_argument("--overwrite", action="store_true", help="train into a non-empty --out, replacing its results")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                    help=f"steps between checkpoints (default {d.checkpoint_every}; also at the end and on a stop)")
-    g.add_argument("--log-every", type=_positive_int, metavar="N", help=f"steps between metric readings (default {d.log_every})")
+    g.add_argument("--log-every", type=_positive_int, metavar="N",
+                   help=f"steps between metric readings (default {d.log_every})")
     g.add_argument("--no-plots", dest="plots", action="store_false", help="do not write the PNGs")
     g.add_argument("--progress", choices=("auto", "bar", "plain"),
                    help="progress bar, plain log lines, or auto: a bar when stdout is a terminal")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fastvae train``.  Defaults live in :class:`fastvae.train.TrainConfig`; the
+    parser leaves options that were not given out of the namespace, so ``--resume`` can tell what the
+    user asked to change."""
+    d = TrainConfig()
+    _data_and_model_options(parser.add_argument_group("data and model"), d)
+    _objective_options(parser.add_argument_group(
+        "objective: loss = distortion + beta * rate  (or beta * |rate - C|)"), d)
+    _optimization_options(parser.add_argument_group("optimization"), d)
+    _hardware_options(parser.add_argument_group("hardware"), d)
+    _output_options(parser.add_argument_group("output"), d)
     return parser
 
 

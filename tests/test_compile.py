@@ -38,10 +38,11 @@ def _compare(fn, inputs, grad_names, seed):
     (eager_outs, eager_grads), (comp_outs, comp_grads) = results
     for i, (a, b) in enumerate(zip(comp_outs, eager_outs)):
         assert a.dtype == b.dtype and a.shape == b.shape, i
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"output {i}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, i=i: f"output {i}: {m}")
     for k in grad_names:
         assert comp_grads[k] is not None, f"compiled: no gradient for {k}"
-        torch.testing.assert_close(comp_grads[k], eager_grads[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"grad {k}: {m}")
+        torch.testing.assert_close(comp_grads[k], eager_grads[k], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, k=k: f"grad {k}: {m}")
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,7 @@ def _torch_path(monkeypatch):
 def _inputs(likelihood, dtype, ls_form, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = (3 * torch.randn(B, D, generator=g)).to(dtype)
-    t = torch.rand(B, D, generator=g).to(dtype) if likelihood == "bernoulli" else torch.randn(B, D, generator=g).to(dtype)
+    t = (torch.rand(B, D, generator=g) if likelihood == "bernoulli" else torch.randn(B, D, generator=g)).to(dtype)
     if ls_form == "float":
         ls = 0.3 if likelihood in ("gaussian", "laplace") else 0.0
     elif ls_form == "scalar":

@@ -75,7 +75,8 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, monk
     assert resumed["world_size"] == 1 and resumed["step"] == 4
     for key, value in single["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
-    assert [e["step"] for e in resumed["metrics"]["epochs"]] == [e["step"] for e in single["metrics"]["epochs"]] == [2, 4]
+    resumed_steps = [e["step"] for e in resumed["metrics"]["epochs"]]
+    assert resumed_steps == [e["step"] for e in single["metrics"]["epochs"]] == [2, 4]
     for a, b in zip(resumed["metrics"]["epochs"], single["metrics"]["epochs"]):
         for key in ("loss", "distortion", "rate"):
             assert abs(a[key] - b[key]) <= 1e-4 * abs(b[key]) + 1e-5, (key, a, b)

@@ -339,7 +339,8 @@ def test_beta_vae_loss_takes_mu_and_logvar_or_rate():
         fv.beta_vae_loss(recon, target)
     with pytest.raises(ValueError, match="logvar is missing"):
         fv.beta_vae_loss(recon, target, mu)
-    with pytest.raises(ValueError, match=r"rate must be the per-sample KL of shape \(B,\) = \(4,\).*got shape \(4, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"rate must be the per-sample KL of shape \(B,\) = \(4,\).*got shape \(4, 3\)"):
         fv.beta_vae_loss(recon, target, rate=torch.rand(4, 3))
     with pytest.raises(ValueError, match=r"rate must be the per-sample KL of shape \(B,\) = \(4,\).*got shape \(3,\)"):
         fv.beta_vae_loss(recon, target, rate=torch.rand(3))
@@ -353,5 +354,6 @@ def test_one_element_beta_and_capacity_are_accepted():
     a = fv.beta_vae_loss(recon, target, mu, logvar, beta=torch.tensor([2.0]), capacity=torch.tensor([1.5]))
     b = fv.beta_vae_loss(recon, target, mu, logvar, beta=2.0, capacity=1.5)
     assert a.loss.shape == () and torch.equal(a.loss, b.loss)
-    with pytest.raises(ValueError, match=r"capacity must be a float or a one-element tensor, got a tensor of shape \(2,\)"):
+    with pytest.raises(ValueError,
+                       match=r"capacity must be a float or a one-element tensor, got a tensor of shape \(2,\)"):
         fv.beta_vae_loss(recon, target, mu, logvar, capacity=torch.tensor([1.0, 2.0]))

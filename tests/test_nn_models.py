@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fastvae
-from fastvae.models import VAE, ConvVAE, MLPVAE, VAEOutput
+from fastvae.models import MLPVAE, VAE, ConvVAE, VAEOutput
 from fastvae.nn import BetaVAELoss, GaussianLatent, LatentOutput
 
 import reference as R

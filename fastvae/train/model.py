@@ -24,7 +24,7 @@ def model_kind(kind: str, sample_shape: tuple) -> str:
 
 def build_model(config: TrainConfig, sample_shape: tuple) -> nn.Module:
     """The VAE of ``config`` for samples of ``sample_shape`` (``config.model`` must be resolved or 'auto')."""
-    from ..models import ConvVAE, MLPVAE
+    from ..models import MLPVAE, ConvVAE
 
     kind = model_kind(config.model, sample_shape)
     if kind == "conv":

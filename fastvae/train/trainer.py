@@ -193,7 +193,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------
 
     def banner(self) -> str:
-        return banner(self.config, kind=self.parts.kind, parameters=sum(p.numel() for p in self.parts.model.parameters()),
+        parameters = sum(p.numel() for p in self.parts.model.parameters())
+        return banner(self.config, kind=self.parts.kind, parameters=parameters,
                       data_info=self.plan.data_info, total_steps=self.plan.total_steps,
                       local_batch=self.plan.local_batch, world_size=self.d.world_size, device=self.device,
                       out=self.out, resumed_at=self.resumed_at)
