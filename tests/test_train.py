@@ -290,6 +290,13 @@ def test_python_api_train(tmp_path):
     assert os.path.exists(os.path.join(result.out, CHECKPOINT_NAME))
 
 
+def test_the_named_datasets_are_fastvae_datas():
+    from fastvae.data import DATASET_NAMES
+    from fastvae.train.config import NAMED_DATASETS
+
+    assert NAMED_DATASETS == DATASET_NAMES
+
+
 def test_train_leaves_the_callers_config_and_process_as_it_found_them(tmp_path, monkeypatch):
     """train() works on a copy of the config (the run's resolved copy is in the result), and puts
     back the thread count and the CPU generator it changes."""

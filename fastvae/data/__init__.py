@@ -27,16 +27,10 @@ import os
 import numpy as np
 import torch
 
-
-class DataError(ValueError):
-    """A dataset could not be used: the message names the source (file, dataset) and says what was
-    expected and what was found."""
-
-
-# The submodules import DataError from here, so it is defined before they are imported.
-from .arrays import ArrayDataset, _split_key, load_array, wrap_dataset  # noqa: E402
-from .digits import load_digits  # noqa: E402
-from .shapes import FACTOR_NAMES, FACTOR_SIZES, SHAPE_NAMES, FactorInfo, Shapes, render_shapes  # noqa: E402
+from .arrays import ArrayDataset, load_array, split_key, wrap_dataset
+from .checks import DataError
+from .digits import load_digits
+from .shapes import FACTOR_NAMES, FACTOR_SIZES, SHAPE_NAMES, FactorInfo, Shapes, render_shapes
 
 __all__ = [
     "DataError",
@@ -98,7 +92,7 @@ def get_dataset(
         if key == "digits":
             return load_digits(device=device)
     path = os.fspath(name_or_path)
-    file, _ = _split_key(path)
+    file, _ = split_key(path)
     if os.path.splitext(file)[1].lower() not in (".npy", ".npz") and not os.path.exists(file):
         raise DataError(
             f"{path}: unknown dataset; expected one of {', '.join(repr(n) for n in DATASET_NAMES)} "

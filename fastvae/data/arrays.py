@@ -29,8 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import DataError
-from .shapes import _check_index
+from .checks import DataError, check_index
 
 __all__ = ["ArrayDataset", "load_array", "wrap_dataset"]
 
@@ -86,7 +85,7 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Sample ``index`` as a float32 tensor, or ``(sample, label)`` when the data has labels."""
-        index = torch.tensor([_check_index(index, len(self))], device=self.device)
+        index = torch.tensor([check_index(index, len(self))], device=self.device)
         sample = self.batch(index)[0]
         return sample if self.labels is None else (sample, self.labels[index[0]])
 
@@ -174,7 +173,7 @@ def _convert(data: Any, name: str) -> tuple[torch.Tensor, float, tuple[float, fl
     return storage, scale, (lo * scale, hi * scale)
 
 
-def _split_key(path: str | os.PathLike) -> tuple[str, str | None]:
+def split_key(path: str | os.PathLike) -> tuple[str, str | None]:
     """``'data.npz:images'`` -> ``('data.npz', 'images')``; other paths carry no key."""
     path = os.fspath(path)
     head, sep, key = path.rpartition(":")
@@ -242,7 +241,7 @@ def load_array(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         DataError: the file is missing, unreadable or malformed, or its array is not a non-empty,
             finite, real numeric array with at least 2 dimensions. The message names the file.
     """
-    file, key = _split_key(path)
+    file, key = split_key(path)
     array = _read_array(file, key)
     name = f"{file}:{key}" if key else file
     return ArrayDataset(array, device=device, name=name)

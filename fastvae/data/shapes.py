@@ -35,10 +35,11 @@ factors, and the dataset seed only drives random sampling (:meth:`Shapes.sample`
 from __future__ import annotations
 
 import math
-import operator
 from typing import Iterator, NamedTuple, Sequence
 
 import torch
+
+from .checks import check_index
 
 __all__ = [
     "FACTOR_NAMES",
@@ -265,7 +266,7 @@ class Shapes(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image (1, 64, 64), factor_indices (5,))`` of flat index ``index`` (negative counts
         from the end)."""
-        index = _check_index(index, self._length)
+        index = check_index(index, self._length)
         factors = self.index_to_factors(torch.tensor([index], device=self.device))
         return self.render(factors)[0], factors[0]
 
@@ -380,23 +381,6 @@ class Shapes(torch.utils.data.Dataset):
         ):
             raise IndexError(f"factor_indices: expected each column k in [0, FACTOR_SIZES[k]) = {FACTOR_SIZES}")
         return factors
-
-
-def _check_index(index, length: int) -> int:
-    """A Python int in [0, length) from an int-like ``index`` (negative counts from the end)."""
-    if isinstance(index, torch.Tensor):
-        if index.numel() != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
-            raise TypeError(
-                f"index: expected an int, got a tensor of shape {tuple(index.shape)} and dtype {index.dtype}"
-            )
-        index = int(index)
-    try:
-        index = operator.index(index)
-    except TypeError:
-        raise TypeError(f"index: expected an int, got {type(index).__name__}") from None
-    if not -length <= index < length:
-        raise IndexError(f"index: expected a value in [{-length}, {length}), got {index}")
-    return index % length
 
 
 def _as_generator(generator: torch.Generator | int) -> torch.Generator:

@@ -25,7 +25,7 @@ from .errors import TrainError
 __all__ = [
     "TrainConfig", "MODELS", "LOSS_BACKENDS", "AMP_MODES", "BETA_SCHEDULES", "LIKELIHOODS", "SCALED_LIKELIHOODS",
     "SHAPES_STEPS_PER_EPOCH", "DEFAULT_STEPS", "DEFAULT_TIME_LIMIT", "RESUMABLE_KEYS", "check_config",
-    "schedule_kind", "compare_configs", "data_key",
+    "schedule_kind", "compare_configs", "data_key", "NAMED_DATASETS", "is_named_dataset",
 ]
 
 MODELS = ("auto", "conv", "mlp")
@@ -42,6 +42,11 @@ SHAPES_STEPS_PER_EPOCH = 100
 #: ``DEFAULT_TIME_LIMIT`` seconds, whichever comes first.
 DEFAULT_STEPS = 3000
 DEFAULT_TIME_LIMIT = 90.0
+
+#: The datasets ``--data`` names (anything else is a file): fastvae.data.DATASET_NAMES, written here
+#: because fastvae.data needs numpy and ``fastvae train --help`` does not (tests/test_train.py checks
+#: that the two agree).
+NAMED_DATASETS = ("shapes", "digits")
 
 # Config entries that may change when a run is resumed; every other entry must match the checkpoint.
 RESUMABLE_KEYS = frozenset({
@@ -183,9 +188,13 @@ def check_config(c: TrainConfig) -> None:
 def data_key(data: str) -> str:
     """What identifies ``--data``: a dataset name, or the file's absolute path."""
     low = data.strip().lower()
-    if low in ("shapes", "digits"):
+    if low in NAMED_DATASETS:
         return low
     return os.path.abspath(data)
+
+
+def is_named_dataset(data: str) -> bool:
+    return data_key(data) in NAMED_DATASETS
 
 
 def compare_configs(stored: dict, given: dict, explicit: set) -> list:

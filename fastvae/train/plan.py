@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from ..environment import resolve_device
-from .config import DEFAULT_STEPS, DEFAULT_TIME_LIMIT, SHAPES_STEPS_PER_EPOCH, TrainConfig, data_key
+from .config import DEFAULT_STEPS, DEFAULT_TIME_LIMIT, SHAPES_STEPS_PER_EPOCH, TrainConfig, is_named_dataset
 from .distributed import Dist
 from .errors import TrainError
 from .model import model_kind
@@ -48,7 +48,7 @@ def _open_data(c: TrainConfig, device: torch.device, user_dataset: Any) -> tuple
     if user_dataset is not None:
         return get_dataset(user_dataset, device=device, seed=c.seed), f"<{type(user_dataset).__name__}>"
     dataset = get_dataset(c.data, device=device, seed=c.seed)
-    return dataset, c.data if data_key(c.data) in ("shapes", "digits") else os.path.abspath(c.data)
+    return dataset, c.data if is_named_dataset(c.data) else os.path.abspath(c.data)
 
 
 def _describe(dataset, likelihood: str, given: str, data: str) -> dict:
