@@ -204,7 +204,7 @@ def test_heart_points_down_and_ellipse_is_wide_at_orientation_zero(shapes):
 
 def test_render_is_fast_on_cpu(shapes):
     # One thread: on a busy machine a multi-threaded pool can stall for a scheduler slice, which
-    # says nothing about the renderer. A batch of 256 takes ~2-5 ms; the bound is generous.
+    # says nothing about the renderer. The bound is generous.
     factors = shapes.sample_factors(256, generator=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
