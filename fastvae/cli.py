@@ -12,17 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from .schedules.kinds import kind_help
-from .train.config import (
-    AMP_MODES,
-    BETA_SCHEDULES,
-    DEFAULT_STEPS,
-    DEFAULT_TIME_LIMIT,
-    LIKELIHOODS,
-    LOSS_BACKENDS,
-    MODELS,
-    SHAPES_STEPS_PER_EPOCH,
-    TrainConfig,
-)
+from .train import config as tc
 
 __all__ = ["main", "build_parser", "train_config_from_args"]
 
@@ -86,13 +76,13 @@ def _data_and_model_options(g, d) -> None:
     g.add_argument("--data", metavar="NAME|FILE",
                    help=f"'shapes' (procedural dSprites-like 64x64 sprites), 'digits' (scikit-learn's 8x8 digits) or a "
                         f".npy/.npz file ('file.npz:key' for one array); default {d.data}")
-    g.add_argument("--model", choices=MODELS,
+    g.add_argument("--model", choices=tc.MODELS,
                    help="conv (Burgess et al. 2018, 32x32 or 64x64 images) or mlp; default auto: conv when the images "
                         "fit it, else mlp")
     g.add_argument("--latent-dim", type=_positive_int, metavar="N", help=f"size of z (default {d.latent_dim})")
     g.add_argument("--hidden", type=_widths, metavar="W1,W2,..",
                    help=f"mlp layer widths, e.g. 512,256 (default {','.join(map(str, d.hidden))})")
-    g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"decoder likelihood (default {d.likelihood})")
+    g.add_argument("--likelihood", choices=tc.LIKELIHOODS, help=f"decoder likelihood (default {d.likelihood})")
     g.add_argument("--log-scale", type=_float, metavar="X",
                    help="gaussian/laplace: fixed log of the decoder scale (default 0)")
     g.add_argument("--learn-scale", action="store_true", help="gaussian/laplace: learn the decoder scale")
@@ -102,7 +92,7 @@ def _objective_options(g, d) -> None:
     g.add_argument("--beta", type=_float, metavar="X",
                    help=f"weight of the rate (default {d.beta:g}); the gamma of a capacity run; the initial beta of a "
                         "constrained one")
-    g.add_argument("--beta-schedule", choices=BETA_SCHEDULES,
+    g.add_argument("--beta-schedule", choices=tc.BETA_SCHEDULES,
                    help=f"{kind_help()}; default warmup, or constrained with --target-rate")
     g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N",
                    help=f"warmup: steps to reach --beta (default {d.warmup_steps})")
@@ -122,7 +112,7 @@ def _objective_options(g, d) -> None:
                    help="capacity C in nats (Burgess et al. 2018): beta * |rate - C|")
     g.add_argument("--capacity-steps", type=_nonneg_int, metavar="N",
                    help="steps over which C ramps from 0 (default 0)")
-    g.add_argument("--loss-backend", choices=LOSS_BACKENDS,
+    g.add_argument("--loss-backend", choices=tc.LOSS_BACKENDS,
                    help="fastvae (fused ops, default) or torch: the same training with the loss written in eager "
                         "PyTorch (BCE-with-logits + KL formula), for comparison")
 
@@ -138,11 +128,12 @@ def _optimization_options(g, d) -> None:
                         help="training steps (total, counting resumed ones)")
     budget.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (total)")
     g.add_argument("--steps-per-epoch", type=_positive_int, metavar="N",
-                   help=f"steps per epoch (default: len(data) // batch size; {SHAPES_STEPS_PER_EPOCH} for the endless "
-                        "shapes stream)")
+                   help=f"steps per epoch (default: len(data) // batch size; {tc.SHAPES_STEPS_PER_EPOCH} for the "
+                        "endless shapes stream)")
     g.add_argument("--time-limit", type=_float, metavar="X",
-                   help=f"stop after this many seconds of training, with a checkpoint (default: {DEFAULT_TIME_LIMIT:g} "
-                        f"s when neither --steps nor --epochs is given, then at most {DEFAULT_STEPS} steps)")
+                   help=f"stop after this many seconds of training, with a checkpoint (default: "
+                        f"{tc.DEFAULT_TIME_LIMIT:g} s when neither --steps nor --epochs is given, then at most "
+                        f"{tc.DEFAULT_STEPS} steps)")
     g.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initialization, data order and noise (default 0)")
 
@@ -151,7 +142,8 @@ def _hardware_options(g, d) -> None:
     g.add_argument("--device", metavar="DEVICE",
                    help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each process takes "
                         "cuda:LOCAL_RANK")
-    g.add_argument("--amp", choices=AMP_MODES, help="bf16: run the model under torch.autocast(bfloat16) (default none)")
+    g.add_argument("--amp", choices=tc.AMP_MODES,
+                   help="bf16: run the model under torch.autocast(bfloat16) (default none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model and loss step")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
 
@@ -175,7 +167,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """The options of ``fastvae train``.  Defaults live in :class:`fastvae.train.TrainConfig`; the
     parser leaves options that were not given out of the namespace, so ``--resume`` can tell what the
     user asked to change."""
-    d = TrainConfig()
+    d = tc.TrainConfig()
     _data_and_model_options(parser.add_argument_group("data and model"), d)
     _objective_options(parser.add_argument_group(
         "objective: loss = distortion + beta * rate  (or beta * |rate - C|)"), d)

@@ -15,18 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..environment import auto_device
-from .cases import (
-    DEFAULT_LATENT_DIM,
-    DEFAULT_MAX_ELEMENTS,
-    DEFAULT_MIN_BATCH,
-    DEFAULT_OBJECTIVE_LATENT_DIM,
-    DEFAULT_SAMPLE_SIZE,
-    DTYPES,
-    MODES,
-    OPS,
-    PROVIDERS,
-    BenchConfig,
-)
+from . import cases as C
 from .results import default_json_path, load_json, merge_reports, write_json
 from .runner import run_benchmarks
 
@@ -74,24 +63,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``fastvae bench``."""
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
-    parser.add_argument("--ops", type=_csv(OPS), default=list(OPS), help=f"comma-separated subset of {','.join(OPS)}")
-    parser.add_argument("--modes", type=_csv(MODES), default=list(MODES),
+    parser.add_argument("--ops", type=_csv(C.OPS), default=list(C.OPS),
+                        help=f"comma-separated subset of {','.join(C.OPS)}")
+    parser.add_argument("--modes", type=_csv(C.MODES), default=list(C.MODES),
                         help="comma-separated subset of fwd,bwd,fwd+bwd")
-    parser.add_argument("--providers", type=_csv(PROVIDERS), default=list(PROVIDERS),
+    parser.add_argument("--providers", type=_csv(C.PROVIDERS), default=list(C.PROVIDERS),
                         help="comma-separated subset of fastvae,eager,compile")
-    parser.add_argument("--dtypes", type=_csv(DTYPES + ("float16", "float64")), default=list(DTYPES),
+    parser.add_argument("--dtypes", type=_csv(C.DTYPES + ("float16", "float64")), default=list(C.DTYPES),
                         help="comma-separated dtypes (default float32,bfloat16)")
     parser.add_argument("--max-elements", type=int, default=None,
-                        help=f"largest swept tensor, in elements (default {DEFAULT_MAX_ELEMENTS['cuda']} on CUDA "
+                        help=f"largest swept tensor, in elements (default {C.DEFAULT_MAX_ELEMENTS['cuda']} on CUDA "
                              f"and CPU; on a small CPU the full sweep takes most of an hour, and 2097152 "
                              f"a few minutes)")
-    parser.add_argument("--min-batch", type=int, default=DEFAULT_MIN_BATCH,
+    parser.add_argument("--min-batch", type=int, default=C.DEFAULT_MIN_BATCH,
                         help="smallest batch of the sweep (default 256)")
-    parser.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE_SIZE,
+    parser.add_argument("--sample-size", type=int, default=C.DEFAULT_SAMPLE_SIZE,
                         help="per-sample elements of the likelihood and beta_vae_loss cases (default 4096)")
-    parser.add_argument("--latent-dim", type=int, default=DEFAULT_LATENT_DIM,
+    parser.add_argument("--latent-dim", type=int, default=C.DEFAULT_LATENT_DIM,
                         help="latent width of the reparameterize_kl case (default 256)")
-    parser.add_argument("--objective-latent-dim", type=int, default=DEFAULT_OBJECTIVE_LATENT_DIM,
+    parser.add_argument("--objective-latent-dim", type=int, default=C.DEFAULT_OBJECTIVE_LATENT_DIM,
                         help="latent width of the beta_vae_loss case (default 64)")
     parser.add_argument("--rep-ms", type=float, default=None,
                         help="timed calls per case, in milliseconds (default 100 on CUDA, 200 on CPU)")
@@ -131,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         report_outputs(args.plot_only, readme, make_plots=not args.no_plot, quiet=args.quiet)
         return 0
-    config = BenchConfig(
+    config = C.BenchConfig(
         device=auto_device(args.device), ops=args.ops, modes=args.modes, providers=args.providers,
         dtypes=args.dtypes, max_elements=args.max_elements, min_batch=args.min_batch,
         sample_size=args.sample_size, latent_dim=args.latent_dim,

@@ -92,9 +92,8 @@ class LinearWarmup(_Ramp):
 
     def __init__(self, beta: Number = 1.0, warmup_steps: int = 0, start: Number = 0.0) -> None:
         super().__init__()
-        self.beta = nonneg("beta", beta)
-        self.warmup_steps = count("warmup_steps", warmup_steps)
-        self.start = nonneg("start", start)
+        self.beta, self.warmup_steps, self.start = (
+            nonneg("beta", beta), count("warmup_steps", warmup_steps), nonneg("start", start))
 
     def _value_at(self, t: int) -> float:
         return self._ramp(t, self.start, self.beta, self.warmup_steps)
