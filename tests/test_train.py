@@ -487,6 +487,30 @@ def test_help_and_bench_delegation(capsys):
     assert cli.main([]) == 2  # no command: help, non-zero
 
 
+@pytest.mark.parametrize("argv, orig_argv, policy", [
+    (["/venv/bin/fastvae", "train", "--steps", "5"], None, "PASSIVE"),
+    (["-m"], ["python", "-X", "dev", "-m", "fastvae", "train", "--device=cpu"], "PASSIVE"),
+    (["/venv/bin/fastvae", "train", "--device", "cuda:1"], None, None),
+    (["/venv/bin/fastvae", "train", "--help"], None, None),
+    (["/venv/bin/fastvae", "bench"], None, None),
+    (["-m"], ["python", "-m", "pytest", "tests"], None),
+    (["script.py"], ["python", "script.py", "-m", "fastvae", "train"], None),
+], ids=["script", "python-m", "cuda", "help", "bench", "other-module", "script-argument"])
+def test_the_train_command_waits_passively_in_openmp(monkeypatch, argv, orig_argv, policy):
+    """fastvae/__init__.py sets OMP_WAIT_POLICY=PASSIVE before torch loads, for a CPU `fastvae train` only."""
+    from fastvae import _openmp
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as when fastvae/__init__.py runs, before torch is imported
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "orig_argv", orig_argv or ["python", *argv])
+    _openmp.set_for_the_command()
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a policy the user set is kept
+    _openmp.set_for_the_command()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_python_m_fastvae(tmp_path):
     env = dict(os.environ, FASTVAE_BACKEND="torch", PYTHONPATH=REPO)
     data = tmp_path / "missing.npz"
