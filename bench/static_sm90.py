@@ -44,10 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, never the interpreter (set before triton loads)
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -103,7 +100,8 @@ def capture(call: Callable[[], object]) -> list[Launch]:
     saved = (tjit.JITFunction.run, _backend.tiling, _backend._sm_count, _backend._STATE.interpret)
     cuda_tiling = _backend._tiling.__wrapped__
     tjit.JITFunction.run = record
-    _backend.tiling = lambda rows, cols, device: cuda_tiling(int(rows), int(cols), "cuda", 0, False)
+    _backend.tiling = lambda rows, cols, device, tile=4096, warps=0: cuda_tiling(int(rows), int(cols), "cuda", 0,
+                                                                              False, tile, warps)
     _backend._sm_count = lambda index: SMS
     _backend._STATE.interpret = True  # lets the 'triton' backend take CPU tensors; nothing runs them
     try:
@@ -277,20 +275,31 @@ def occupancy(regs: int, shared: int, threads: int) -> int:
     return max(0, min(by_regs, by_threads, by_shared, MODEL["max_ctas_per_sm"]))
 
 
+def sm_fill(programs: int, sms: int, units_per_program: Optional[list] = None) -> float:
+    """Mean over max work of an SM, programs dealt to SMs round-robin (``units_per_program``: the work of
+    each program, one unit each by default): the share of the run during which no SM is idle."""
+    if programs <= 0:
+        return 1.0
+    load = [0.0] * min(sms, programs)
+    for p in range(programs):
+        load[p % len(load)] += 1.0 if units_per_program is None else units_per_program[p]
+    return (sum(load) / sms) / max(load) if max(load) > 0 else 1.0
+
+
 def predict(machine: dict, *, programs: int, threads: int, ctas_per_sm: int, instr_per_thread: float,
-            bytes_total: float, inflight_per_thread: float) -> dict:
+            bytes_total: float, inflight_per_thread: float, fill: Optional[float] = None) -> dict:
     """Predicted time (s) and fraction of copy bandwidth of one launch under the machine model."""
     bw = machine["copy_tbps"] * 1e12
     issue_rate = machine["sms"] * MODEL["thread_instructions_per_clock_per_sm"] * machine["clock_ghz"] * 1e9 \
         * MODEL["issue_efficiency"]
     t_issue = programs * threads * instr_per_thread / issue_rate
     t_mem = bytes_total / bw
-    resident = max(1, ctas_per_sm) * threads
+    resident = max(1, min(ctas_per_sm, math.ceil(programs / machine["sms"]))) * threads
     needed = bw / machine["sms"] * MODEL["memory_latency_ns"] * 1e-9
     in_flight = resident * inflight_per_thread
     stretch = max(1.0, needed / in_flight) if in_flight > 0 else 1.0
-    waves = programs / (machine["sms"] * max(1, ctas_per_sm))
-    fill = waves / math.ceil(waves) if waves > 0 else 1.0
+    if fill is None:
+        fill = sm_fill(programs, machine["sms"])
     t = max(t_mem * stretch, t_issue) / fill
     return {"time_us": t * 1e6, "issue_bound": t_issue > t_mem * stretch, "latency_stretch": stretch,
             "wave_fill": fill, "frac_copy": (t_mem / t) if t > 0 else None}
@@ -324,6 +333,10 @@ def _latent_calls(shape, dtype):
     def bwd_z():
         fwd_z().backward(torch.ones(shape, dtype=getattr(torch, dtype)))
 
+    def fwd_eps():
+        mu, lv = make()
+        return fv.reparameterize(mu, lv, torch.randn(shape, dtype=getattr(torch, dtype)))
+
     def fwd_klonly():
         mu, lv = make()
         return fv.gaussian_kl(mu, lv, reduction="none")
@@ -331,7 +344,7 @@ def _latent_calls(shape, dtype):
     def bwd_klonly():
         fwd_klonly().backward(torch.ones(shape[0]))
 
-    return {"z+kl fwd": fwd_kl, "z+kl bwd": bwd_kl, "z fwd": fwd_z, "z bwd": bwd_z,
+    return {"z+kl fwd": fwd_kl, "z+kl bwd": bwd_kl, "z fwd": fwd_z, "z fwd (eps given)": fwd_eps, "z bwd": bwd_z,
             "kl fwd": fwd_klonly, "kl bwd": bwd_klonly}
 
 
@@ -367,8 +380,9 @@ KINDS = ("bernoulli", "gaussian", "mse", "laplace")
 DTYPES = ("float32", "bfloat16")
 
 
-def variants(only: Optional[str] = None) -> list[dict]:
-    """Each kernel variant the launchers pick at the benchmark's shapes: {label, op, shape, dtype, call}."""
+def variants(only: Optional[str] = None, want_dtype: Optional[str] = None, want_shape: Optional[tuple] = None) -> list[dict]:
+    """Each kernel variant the launchers pick at the benchmark's shapes: {family, case, shape, dtype, call};
+    ``only`` keeps those whose family or case contains it, ``want_dtype`` and ``want_shape`` those that match."""
     out = []
     for shape in LATENT_SHAPES:
         for dtype in DTYPES:
@@ -379,7 +393,9 @@ def variants(only: Optional[str] = None) -> list[dict]:
             for dtype in DTYPES:
                 for op, call in _likelihood_calls(kind, shape, dtype).items():
                     out.append({"family": kind, "case": op, "shape": shape, "dtype": dtype, "call": call})
-    return [v for v in out if only is None or only in v["family"] or only in v["case"]]
+    return [v for v in out if (only is None or only in v["family"] or only in v["case"])
+            and (want_dtype is None or v["dtype"] == want_dtype)
+            and (want_shape is None or tuple(v["shape"]) == tuple(want_shape))]
 
 
 # ----------------------------------------------------------------------------------------------- per launch
@@ -437,20 +453,25 @@ def report_launch(launch: Launch, case: str) -> dict:
         "total_instructions": instr_total, "total_bytes": bytes_total,
         "predicted": {},
     }
+    units = None
+    if launch.name == "nll_backward_kernel":  # persistent: tile t goes to program t % programs
+        n_tiles = dict(zip(launch.kernel.arg_names, launch.args))["n_tiles"]
+        units = [len(range(p, n_tiles, programs)) for p in range(programs)]
     for name, machine in MACHINES.items():
         record["predicted"][name] = predict(machine, programs=programs, threads=threads, ctas_per_sm=ctas,
                                             instr_per_thread=counts["per_thread"], bytes_total=bytes_total,
-                                            inflight_per_thread=counts["body_load_bytes_per_thread"])
+                                            inflight_per_thread=counts["body_load_bytes_per_thread"],
+                                            fill=sm_fill(programs, machine["sms"], units))
     return record
 
 
-def run(only: Optional[str] = None, log=print) -> dict:
+def run(only: Optional[str] = None, log=print, dtype: Optional[str] = None, shape: Optional[tuple] = None) -> dict:
     import triton
 
     report = {"schema": SCHEMA, "target": "sm_90a", "triton": triton.__version__, "torch": torch.__version__,
               "machines": MACHINES, "model": MODEL, "method": __doc__.split("Method\n------\n")[1].split("\n\n")[0:5],
               "variants": []}
-    for v in variants(only):
+    for v in variants(only, dtype, shape):
         launches = capture(v["call"])
         # the forward of a backward case is not this case's: keep the launches of the last autograd pass
         if "bwd" in v["case"]:
@@ -470,6 +491,7 @@ def run(only: Optional[str] = None, log=print) -> dict:
                 log(f"{v['family']:9} {v['case']:15} {v['dtype']:8} {str(tuple(v['shape'])):14} {rec['kernel']:22} "
                     f"regs {rec['registers']:3} ctas {rec['ctas_per_sm']:2} i/e {rec['instr_per_element'] or 0:7.2f} "
                     f"i/B {rec['instr_per_byte'] or 0:6.2f} pred H100 {100 * (p['frac_copy'] or 0):5.1f}%")
+    report["noise"] = noise_cost(report)
     return report
 
 
@@ -480,7 +502,30 @@ def _fmt(x, nd=1):
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
+def pct(record: dict, frac: Optional[float]) -> str:
+    """A streaming kernel's predicted fraction of copy bandwidth; none for the one-program reduction and for
+    a backward that moves (nearly) no bytes, whose time is what counts."""
+    if frac is None or record["kernel"] == "finish_kernel" or (record["bytes_per_element"] or 0) < 0.5:
+        return "-"
+    return f"{100 * frac:.0f}"
+
+
+def noise_cost(report: dict) -> list[dict]:
+    """Instructions per normal: the z-only forward with in-kernel noise minus the same with eps read."""
+    out = []
+    by_key = {(r["case"], r["dtype"], tuple(r["shape"])): r for r in report["variants"]
+              if r.get("family") == "latent" and "error" not in r}
+    for (case, dtype, shape), r in by_key.items():
+        if case == "z fwd" and ("z fwd (eps given)", dtype, shape) in by_key:
+            base = by_key[("z fwd (eps given)", dtype, shape)]
+            out.append({"dtype": dtype, "shape": list(shape),
+                        "instr_per_normal": r["instr_per_element"] - base["instr_per_element"]})
+    return out
+
+
 def markdown(report: dict) -> str:
+    noise = "; ".join(f"{n['dtype']} {n['shape'][0]}x{n['shape'][1]}: {n['instr_per_normal']:.1f}"
+                      for n in report.get("noise", []))
     lines = [
         f"Static sm_90a report (`python bench/static_sm90.py`; triton {report['triton']}): executed-path SASS "
         "instructions per element and per HBM byte (bytes read off the global loads and stores of the code), "
@@ -488,14 +533,16 @@ def markdown(report: dict) -> str:
         f"of the script ({MODEL['issue_efficiency']:.0%} issue efficiency, {MODEL['memory_latency_ns']} ns latency; "
         "H100 3.0 TB/s, H200 4.3 TB/s). Predictions, not measurements.",
         "",
+        f"Instructions per normal of the in-kernel noise (z forward minus z forward with eps read): {noise}.",
+        "",
         "| family | case | dtype | shape | kernel | regs | CTAs/SM | spill B | loads / stores (bytes x count) "
-        "| instr/elem | instr/byte | pred. % copy H100 | H200 |",
-        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| instr/elem | instr/byte | pred. us H100 | pred. % copy H100 | H200 |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["variants"]:
         if "error" in r:
             lines.append(f"| {r['family']} | {r['case']} | {r['dtype']} | {r['shape'][0]}x{r['shape'][1]} | "
-                         f"{r['kernel']} | error | | | | | | | |")
+                         f"{r['kernel']} | error | | | | | | | | |")
             continue
         widths = " / ".join(", ".join(f"{w}x{n}" for w, n in sorted(d.items(), key=lambda kv: -int(kv[0])))
                             or "-" for d in (r["load_widths"], r["store_widths"]))
@@ -503,8 +550,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['family']} | {r['case']} | {r['dtype']} | {r['shape'][0]}x{r['shape'][1]} | {r['kernel']} | "
             f"{r['registers']} | {r['ctas_per_sm']} | {r['local_bytes']} | {widths} | {_fmt(r['instr_per_element'])} | "
-            f"{_fmt(r['instr_per_byte'], 2)} | {_fmt(None if h100 is None else 100 * h100, 0)} | "
-            f"{_fmt(None if h200 is None else 100 * h200, 0)} |")
+            f"{_fmt(r['instr_per_byte'], 2)} | {_fmt(r['predicted']['H100']['time_us'])} | {pct(r, h100)} | "
+            f"{pct(r, h200)} |")
     return "\n".join(lines)
 
 
@@ -520,13 +567,20 @@ def update_readme(path: Path, report: dict) -> None:
 
 
 def main(argv=None) -> int:
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("bench/static_sm90.py compiles the kernels: run it in a process without TRITON_INTERPRET")
+    os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, never the interpreter (before triton loads)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=None, help="only the variants whose family or case contains this text")
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="only this dtype")
+    parser.add_argument("--shape", default=None, help="only this shape, e.g. 16384x4096")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "static-sm90.json"))
     parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"))
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
-    report = run(args.only)
+    shape = tuple(int(v) for v in args.shape.split("x")) if args.shape else None
+    report = run(args.only, dtype=args.dtype, shape=shape)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

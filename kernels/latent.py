@@ -39,19 +39,49 @@ from .tiles import inv_div, load_tile, noise_tile, tile_columns, tile_rows, to_c
 
 
 @triton.jit
-def _exp_m1_m(x, FP64: tl.constexpr):
-    """exp(x) - 1 - x, accurate near 0 (Taylor series for |x| < 1/2)."""
-    term = 0.5 * x * x
-    series = term
+def _sigma(lv, FP64: tl.constexpr):
+    """exp(logvar / 2): the hardware exp2 in float32 (two instructions), exp in float64."""
     if FP64:
-        for k in tl.static_range(3, 19):
-            term = term * (x * (1.0 / k))
-            series += term
+        s = tl.exp(0.5 * lv)
     else:
-        for k in tl.static_range(3, 10):
-            term = term * (x * (1.0 / k))
-            series += term
-    return tl.where(tl.abs(x) < 0.5, series, tl.exp(x) - 1.0 - x)
+        s = tl.exp2(lv * 0.7213475204444817)  # log2(e) / 2
+    return s
+
+
+@triton.jit
+def _exp_m1_m(x, s, FP64: tl.constexpr):
+    """exp(x) - 1 - x, accurate near 0, given s = exp(x / 2).
+
+    |x| < 1/2: x^2 p(x), p a polynomial in Horner form (float32: a degree-5 fit, relative error 2.1e-7;
+    float64: the Taylor series to x^14 / 16!); elsewhere s * s - 1 - x, whose cancellation costs at most
+    four bits there."""
+    if FP64:
+        p = x * 4.779477332387385e-14 + 7.647163731819816e-13
+        p = p * x + 1.1470745597729725e-11
+        p = p * x + 1.6059043836821613e-10
+        p = p * x + 2.08767569878681e-09
+        p = p * x + 2.505210838544172e-08
+        p = p * x + 2.755731922398589e-07
+        p = p * x + 2.7557319223985893e-06
+        p = p * x + 2.48015873015873e-05
+        p = p * x + 0.0001984126984126984
+        p = p * x + 0.001388888888888889
+        p = p * x + 0.008333333333333333
+        p = p * x + 0.041666666666666664
+        p = p * x + 0.16666666666666666
+        p = p * x + 0.5
+        series = x * x * p
+        direct = tl.exp(x) - 1.0 - x
+    else:
+        # the degree-5 fit to (exp(x) - 1 - x) / x^2 on [-1/2, 1/2]: max relative error 2.1e-7
+        p = x * 0.00019866085494868457 + 0.0013981974916532636
+        p = p * x + 0.008333481848239899
+        p = p * x + 0.04166579619050026
+        p = p * x + 0.1666666567325592
+        p = p * x + 0.5
+        series = x * x * p
+        direct = s * s - 1.0 - x
+    return tl.where(tl.abs(x) < 0.5, series, direct)
 
 
 @triton.jit
@@ -74,14 +104,16 @@ def latent_forward_kernel(
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = row_mask[:, None] & (cols < col_end)[None, :]
         cols2 = cols[None, :]
+        # the loads first, so their latency overlaps the Philox integer work below
         mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
         lv = load_tile(logvar_ptr, rows2, logvar_stride, cols2, mask, FP64)
+        s = _sigma(lv, FP64)
         if WRITE_Z:
             eps = noise_tile(seed, eps_ptr, eps_stride, rows2, cols2, mask, c0, row_offset, HAS_EPS, FP64, BLOCK_D)
-            z = mu + tl.exp(0.5 * lv) * eps
+            z = mu + s * eps
             tl.store(z_ptr + rows2 * D + cols2, z.to(z_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_KL:
-            kl = 0.5 * (mu * mu + _exp_m1_m(lv, FP64))
+            kl = 0.5 * (mu * mu + _exp_m1_m(lv, s, FP64))
             acc += tl.where(mask, kl, 0.0)
     if COMPUTE_KL:
         tl.store(kl_ptr + rows * n_split + tl.program_id(1), tl.sum(acc, axis=1), mask=row_mask)
@@ -112,15 +144,18 @@ def latent_backward_kernel(
         cols2 = cols[None, :]
         mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
         lv = load_tile(logvar_ptr, rows2, logvar_stride, cols2, mask, FP64)
+        if HAS_GZ:
+            gz = load_tile(gz_ptr, rows2, gz_stride, cols2, mask, FP64)
+        s = _sigma(lv, FP64)
         g_mu = tl.zeros_like(mu)
         g_lv = tl.zeros_like(lv)
         if HAS_GZ:
-            gz = load_tile(gz_ptr, rows2, gz_stride, cols2, mask, FP64)
             eps = noise_tile(seed, eps_ptr, eps_stride, rows2, cols2, mask, c0, row_offset, HAS_EPS, FP64, BLOCK_D)
             g_mu += gz
-            g_lv += 0.5 * gz * eps * tl.exp(0.5 * lv)
+            g_lv += 0.5 * gz * eps * s
         if HAS_GKL:
             g_mu += gkl * mu
-            g_lv += 0.5 * gkl * (_exp_m1_m(lv, FP64) + lv)
+            # d/dlogvar of the KL: (exp(logvar) - 1) / 2 = (s * s - 1) / 2, one fused multiply-add
+            g_lv += 0.5 * gkl * (s * s - 1.0)
         tl.store(gmu_ptr + rows2 * D + cols2, g_mu.to(gmu_ptr.dtype.element_ty), mask=mask)
         tl.store(glv_ptr + rows2 * D + cols2, g_lv.to(glv_ptr.dtype.element_ty), mask=mask)

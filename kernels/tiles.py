@@ -43,9 +43,32 @@ def inv_div(div, FP64: tl.constexpr):
 
 
 @triton.jit
-def load_tile(ptr, rows2, row_stride, cols2, mask, FP64: tl.constexpr):
-    """A (BLOCK_R, BLOCK_D) tile of a row-strided tensor in the compute dtype; 0 where masked."""
-    return to_compute(tl.load(ptr + rows2 * row_stride + cols2, mask=mask, other=0.0), FP64)
+def load_tile(ptr, rows2, row_stride, cols2, mask, FP64: tl.constexpr, EVEN: tl.constexpr = False):
+    """A (BLOCK_R, BLOCK_D) tile of a row-strided tensor in the compute dtype; 0 where masked.  EVEN: the
+    launcher knows every tile is whole, and the load goes without a mask."""
+    if EVEN:
+        v = tl.load(ptr + rows2 * row_stride + cols2)
+    else:
+        v = tl.load(ptr + rows2 * row_stride + cols2, mask=mask, other=0.0)
+    return to_compute(v, FP64)
+
+
+@triton.jit
+def store_tile(ptr, offsets, value, mask, EVEN: tl.constexpr):
+    if EVEN:
+        tl.store(ptr + offsets, value.to(ptr.dtype.element_ty))
+    else:
+        tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def masked_row_sum(value, mask, EVEN: tl.constexpr):
+    """Row sums of a tile, the masked-off elements left out (nothing to leave out when EVEN)."""
+    if EVEN:
+        out = tl.sum(value, axis=1)
+    else:
+        out = tl.sum(tl.where(mask, value, 0.0), axis=1)
+    return out
 
 
 @triton.jit

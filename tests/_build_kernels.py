@@ -58,17 +58,19 @@ def main():
             continue
         ptrs = {"*": f"*{dtype}", "loss_ptr": "*fp32", "ls_ptr": "*fp32", "gls_ptr": "*fp32", "g_ptr": "*fp32",
                 "coef_ptr": "*fp32", "grate_ptr": "*fp32", "s_sum_ptr": "*fp32", "gs_ptr": "*fp32"}
-        for grad in (False, True):
+        for grad, even in ((False, True), (True, False), (True, True)):
             build(lik.nll_forward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=grad,
-                                                     GRAD_LS=grad and kind in (1, 3), FP64=False, BLOCK_R=1,
-                                                     BLOCK_D=4096))
+                                                     GRAD_LS=grad and kind in (1, 3), FP64=False, EVEN=even,
+                                                     BLOCK_R=1, BLOCK_D=4096), num_warps=4)
         for recompute, g_scalar in itertools.product((False, True), (False, True)):
             build(lik.nll_backward_kernel, ptrs, dict(KIND=kind, LS_MODE=mode, GRAD_X=True,
                                                       GRAD_LS=kind in (1, 3) and mode == 2, RECOMPUTE=recompute,
                                                       HAS_RATE=True, SCALAR_GS=g_scalar and mode == 1,
                                                       G_SCALAR=g_scalar, FP64=False, BLOCK_R=1, BLOCK_D=4096))
     build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=1, LS_MODE=1, GRAD_X=True, GRAD_LS=True, FP64=True,
-                                                       BLOCK_R=16, BLOCK_D=256))
+                                                       EVEN=False, BLOCK_R=16, BLOCK_D=256))
+    build(lik.nll_forward_kernel, {"*": "*fp64"}, dict(KIND=0, LS_MODE=0, GRAD_X=True, GRAD_LS=False, FP64=True,
+                                                       EVEN=True, BLOCK_R=16, BLOCK_D=256))
     objective = _backend.kernels("objective")
     for fp64, reduction, has_rate, cap in itertools.product((False, True), (0, 1, 2), (False, True), (0, 1, 2)):
         if cap and not has_rate:

@@ -180,7 +180,7 @@ class Tiling:
     backward kernel's).
     """
 
-    __slots__ = ("block_r", "block_d", "split_cols", "n_split", "grid", "num_warps", "n_tiles", "programs")
+    __slots__ = ("block_r", "block_d", "split_cols", "n_split", "grid", "num_warps", "n_tiles", "programs", "even")
 
     def __init__(self, block_r, block_d, split_cols, n_split, grid, num_warps, programs):
         self.block_r, self.block_d = block_r, block_d
@@ -188,6 +188,7 @@ class Tiling:
         self.grid, self.num_warps = grid, num_warps
         self.n_tiles = grid[0] * grid[1]
         self.programs = programs
+        self.even = False  # set by _tiling: every tile whole (B, D and split_cols multiples of the tile)
 
 
 def _split(cols: int, block_d: int, want: int) -> tuple[int, int]:
@@ -199,7 +200,8 @@ def _split(cols: int, block_d: int, want: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _tiling(rows: int, cols: int, device_type: str, device_index: int, small: bool) -> Tiling:
+def _tiling(rows: int, cols: int, device_type: str, device_index: int, small: bool, tile: int = 4096,
+            warps: int = 0) -> Tiling:
     if small:
         # The test switch: tiny tiles, several column splits of two blocks each and a persistent grid
         # shorter than the tile count, so every loop and offset path of the kernels runs on small inputs.
@@ -210,7 +212,7 @@ def _tiling(rows: int, cols: int, device_type: str, device_index: int, small: bo
         return Tiling(block_r, block_d, split_cols, n_split, grid, 4, max(1, grid[0] * grid[1] // 3))
     on_gpu = device_type == "cuda"
     # The interpreter runs programs one after another in numpy: few large tiles are fastest.
-    tile = 4096 if on_gpu else 1 << 16
+    tile = tile if on_gpu else 1 << 16
     block_d = max(4, min(_next_pow2(cols), tile))
     block_r = max(1, min(_next_pow2(rows), tile // block_d))
     # Enough programs to fill the GPU several times over; the interpreter wants one per row block.
@@ -221,10 +223,12 @@ def _tiling(rows: int, cols: int, device_type: str, device_index: int, small: bo
         block_r = max(1, min(block_r, _next_pow2(-(-rows // (target // 4)))))
     row_blocks = -(-rows // block_r)
     split_cols, n_split = _split(cols, block_d, -(-target // row_blocks))
-    num_warps = 8 if block_r * block_d >= 4096 else 4
+    num_warps = warps or (8 if block_r * block_d >= 4096 else 4)
     n_tiles = row_blocks * n_split
     programs = min(n_tiles, target) if on_gpu else n_tiles
-    return Tiling(block_r, block_d, split_cols, n_split, (row_blocks, n_split), num_warps, programs)
+    out = Tiling(block_r, block_d, split_cols, n_split, (row_blocks, n_split), num_warps, programs)
+    out.even = rows % block_r == 0 and cols % block_d == 0 and split_cols % block_d == 0
+    return out
 
 
 def finish_block(rows: int) -> int:
@@ -234,9 +238,11 @@ def finish_block(rows: int) -> int:
     return 1024 if rows > 128 else 128
 
 
-def tiling(rows: int, cols: int, device: torch.device) -> Tiling:
+def tiling(rows: int, cols: int, device: torch.device, tile: int = 4096, warps: int = 0) -> Tiling:
+    """The tiling of a (rows, cols) problem on ``device``.  On a GPU, ``tile`` is the elements a program
+    handles per loop iteration and ``warps`` its warps (0: 8 for tiles of 4096 elements or more, else 4)."""
     index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else 0)
-    return _tiling(int(rows), int(cols), device.type, index, _STATE.small_tiles)
+    return _tiling(int(rows), int(cols), device.type, index, _STATE.small_tiles, tile, warps)
 
 
 @contextlib.contextmanager

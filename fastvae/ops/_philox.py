@@ -1,5 +1,6 @@
-"""The PyTorch twin of ``kernels/random.py``: the same Philox4x32-10 normals, bit for bit in the
-integer part, so both backends draw the same noise for the same seed.
+"""The PyTorch twin of ``kernels/random.py``: the same Philox4x32-10 words, bit for bit, and the same
+Box-Muller transform with exact transcendentals (the kernels' polynomials agree to about 1e-7).  It is
+the reference the kernels' noise is tested against, and the noise of the PyTorch path on CUDA tensors.
 
 Integers are held in int64 tensors and masked to 32 bits.  The 32x32 -> 64-bit products that
 Philox needs are taken modulo 2^64 in int64 (two's complement), whose low 64 bits are the
@@ -35,8 +36,9 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
     return c0, c1, c2, c3
 
 
-def _uniform_open(x: torch.Tensor) -> torch.Tensor:
-    return ((x >> 8).to(torch.float32) + 0.5) * 5.9604644775390625e-08
+def _radius_uniform(x: torch.Tensor) -> torch.Tensor:
+    """((x >> 8) + 1) / 2^24 in (0, 1], float64 (exact)."""
+    return ((x >> 8) + 1).to(torch.float64) * 5.9604644775390625e-08
 
 
 def philox_normal(seed: torch.Tensor, rows: int, cols: int, row_offset: int = 0) -> torch.Tensor:
@@ -54,16 +56,13 @@ def philox_normal(seed: torch.Tensor, rows: int, cols: int, row_offset: int = 0)
     c2 = (r & _MASK32).expand(shape)
     c3 = ((r >> 32) & _MASK32).expand(shape)
     x0, x1, x2, x3 = philox4x32(c0, c1, c2, c3, k0, k1)
-    u0, u1, u2, u3 = (_uniform_open(x) for x in (x0, x1, x2, x3))
-    two_pi = 2.0 * math.pi
-    r01 = torch.sqrt(-2.0 * torch.log(u0))
-    r23 = torch.sqrt(-2.0 * torch.log(u2))
-    n = torch.stack(
-        (r01 * torch.cos(two_pi * u1), r01 * torch.sin(two_pi * u1),
-         r23 * torch.cos(two_pi * u3), r23 * torch.sin(two_pi * u3)),
-        dim=-1,
-    )
-    return n.reshape(rows, groups * 4)[:, :cols]
+    # radius from u in (0, 1] (top 24 bits, + 1), angle from a in [0, 1) (all 32 bits), as the kernels
+    # do; the transcendentals in float64 here, so the two agree to the kernels' polynomial error
+    r01 = torch.sqrt(-2.0 * torch.log(_radius_uniform(x0)))
+    r23 = torch.sqrt(-2.0 * torch.log(_radius_uniform(x2)))
+    a1, a3 = (x.to(torch.float64) * (2.0 * math.pi / 2**32) for x in (x1, x3))
+    n = torch.stack((r01 * torch.cos(a1), r01 * torch.sin(a1), r23 * torch.cos(a3), r23 * torch.sin(a3)), dim=-1)
+    return n.to(torch.float32).reshape(rows, groups * 4)[:, :cols]
 
 
 def exp_m1_m(x: torch.Tensor) -> torch.Tensor:

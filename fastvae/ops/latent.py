@@ -31,6 +31,10 @@ from ._philox import exp_m1_m, philox_normal
 
 # ----------------------------------------------------------------------------- Triton launchers
 
+#: The GPU tiling of the latent kernels: 2048 elements a program and iteration over 4 warps (8 per
+#: thread: two Philox calls), which keeps them under 128 registers, four CTAs per SM (bench/NOTES.md).
+LATENT_TILE, LATENT_WARPS = 2048, 4
+
 
 def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction):
     B = mu.shape[0]
@@ -42,7 +46,7 @@ def _triton_forward(mu, logvar, eps, seed, write_z, compute_kl, row_offset, redu
     if B == 0 or D == 0:
         rows = torch.zeros((B,), dtype=acc_dtype, device=mu.device)
         return z, (R.finish(rows, reduction, dtype=acc_dtype).loss if compute_kl else None)
-    tiles = _backend.tiling(B, D, mu.device)
+    tiles = _backend.tiling(B, D, mu.device, LATENT_TILE, LATENT_WARPS)
     partial = None
     if compute_kl:
         partial = torch.empty((B, tiles.n_split) if tiles.n_split > 1 else (B,), dtype=acc_dtype, device=mu.device)
@@ -70,7 +74,7 @@ def _triton_backward(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div)
     grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=mu.device)
     if B == 0 or D == 0:
         return grad_mu, grad_lv
-    tiles = _backend.tiling(B, D, mu.device)
+    tiles = _backend.tiling(B, D, mu.device, LATENT_TILE, LATENT_WARPS)
     eps2 = _backend.as_rows(eps) if eps is not None else mu2
     gz2 = _backend.as_rows(grad_z) if grad_z is not None else mu2
     gkl = grad_kl if grad_kl is not None else mu2

@@ -35,6 +35,11 @@ def ls_mode(log_scale: Optional[Tensor]) -> int:
 
 # ----------------------------------------------------------------------------- Triton launchers
 
+#: The GPU tiling of the likelihood kernels: 4096 elements a program and iteration over 4 warps, 32 per
+#: thread, so the row reduction and the address set-up at either end of a program weigh half what they
+#: weigh over 8 warps (bench/NOTES.md).
+NLL_TILE, NLL_WARPS = 4096, 4
+
 
 def _ls_args(x, log_scale, log_scale_value, kind):
     """(log_scale tensor or None, mode, fp64): a float log_scale under float64 math is passed as a
@@ -57,7 +62,7 @@ def _triton_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, 
         if grad_ls:
             gls = torch.zeros_like(log_scale) if mode == LS_ELEMENT else torch.zeros((B,), dtype=dtype, device=x.device)
         return torch.zeros((B,), dtype=dtype, device=x.device), (gx.zero_() if gx is not None else None), gls
-    tiles = _backend.tiling(B, D, x.device)
+    tiles = _backend.tiling(B, D, x.device, NLL_TILE, NLL_WARPS)
     parts = torch.empty((B, tiles.n_split) if tiles.n_split > 1 else (B,), dtype=dtype, device=x.device)
     gls = None
     if grad_ls:
@@ -72,7 +77,7 @@ def _triton_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, 
         x2, t2, ls2 if ls2 is not None else x2, parts, gx if grad_x else x2, gls if grad_ls else x2,
         B, D, _backend.row_stride(x2), _backend.row_stride(t2), _backend.row_stride(ls2) if kmode == LS_ELEMENT else 0,
         tiles.split_cols, tiles.n_split, float(log_scale_value), grad_div,
-        KIND=kind, LS_MODE=kmode, GRAD_X=grad_x, GRAD_LS=grad_ls, FP64=fp64,
+        KIND=kind, LS_MODE=kmode, GRAD_X=grad_x, GRAD_LS=grad_ls, FP64=fp64, EVEN=tiles.even,
         BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
     return parts, gx, gls
@@ -94,7 +99,7 @@ def _triton_backward(x, target, log_scale, log_scale_value, kind, grad_div, gx, 
         if grate is not None:
             grate = g * coef
         return grate, (g * s_total if gs is not None else None)
-    tiles = _backend.tiling(B, D, x.device)
+    tiles = _backend.tiling(B, D, x.device, NLL_TILE, NLL_WARPS)
     x2, t2 = _backend.as_rows(x), _backend.as_rows(target)
     ls, kmode, fp64 = _ls_args(x, log_scale, log_scale_value, kind)
     ls2 = _backend.as_rows(ls) if kmode == LS_ELEMENT else ls
