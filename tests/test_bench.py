@@ -37,6 +37,7 @@ def report_path(tmp_path_factory):
     return fb.write_json(report, out / "cpu-test.json")
 
 
+@pytest.mark.slow
 def test_report_schema(report_path):
     report = json.loads(report_path.read_text())
     assert report["schema"] == fb.SCHEMA
@@ -123,6 +124,7 @@ def test_eager_baselines_match_fastvae():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_plot_and_readme(report_path, tmp_path):
     pngs = br.plot(report_path, tmp_path)
     assert [p.name for p in pngs] == [f"cpu-test-{op}.png" for op in fb.OPS]
@@ -145,6 +147,7 @@ def test_plot_and_readme(report_path, tmp_path):
     assert "| mse | fwd+bwd | 8x64 |" in text
 
 
+@pytest.mark.slow
 def test_cli_plot_only(report_path, tmp_path):
     report = json.loads(report_path.read_text())
     report["cases"] = [c for c in report["cases"] if c["op"] == "mse"]   # one figure is enough here
@@ -156,6 +159,7 @@ def test_cli_plot_only(report_path, tmp_path):
     assert br.README_BEGIN.format(slug=fb.load_json(target)["device"]["slug"]) in readme.read_text()
 
 
+@pytest.mark.slow
 def test_merge_reports(report_path):
     report = fb.load_json(report_path)
     old = dict(report, cases=[c for c in report["cases"] if c["op"] != "mse" or c["dtype"] == "float32"])

@@ -14,10 +14,13 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fastvae import cli
 from fastvae.train import load_checkpoint
+
+pytestmark = pytest.mark.slow  # two processes under torchrun, then the same run in one
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--model", "mlp", "--hidden", "16", "--latent-dim", "3", "--batch-size", "8", "--steps", "4", "--lr", "1e-2",

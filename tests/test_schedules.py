@@ -391,6 +391,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_constrained_beta_rate_converges_to_target(one_thread):
     with torch.random.fork_rng():
         free = _train_tiny_vae(lambda: 1.0, lambda r: None)[-100:].mean().item()

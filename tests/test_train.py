@@ -75,6 +75,7 @@ def binary_images(n=40, side=32, seed=0) -> np.ndarray:
 # ----------------------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_mlp_on_shapes_writes_metrics_checkpoint_and_plots(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(*TINY, "--steps", 6, "--steps-per-epoch", 3, "--log-every", 2, "--checkpoint-every", 3,
@@ -136,6 +137,7 @@ def test_loss_backends_train_alike(tmp_path):
     assert_same_params(params(outs["fastvae"]), params(outs["torch"]), exact=False)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     """--compile traces the whole objective (noise generator and row offset included) and trains
     the same model as the eager run."""
@@ -210,6 +212,7 @@ def test_time_limit_stops_with_checkpoint_and_resume_finishes(tmp_path, capsys):
     assert_same_params(params(full), params(part))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path):
     """A run killed at an arbitrary moment after a checkpoint exists resumes from it exactly."""
     out, ref = tmp_path / "killed", tmp_path / "reference"
@@ -240,6 +243,7 @@ def test_resume_after_sigkill(tmp_path):
     assert without_timings(metrics(ref)["history"]) == without_timings(metrics(out)["history"])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
     """SIGTERM (a preempted job) stops after the current step, writes a checkpoint there and exits
     128 + 15; the run then resumes exactly."""
@@ -511,6 +515,7 @@ def test_the_train_command_waits_passively_in_openmp(monkeypatch, argv, orig_arg
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+@pytest.mark.slow
 def test_python_m_fastvae(tmp_path):
     env = dict(os.environ, FASTVAE_BACKEND="torch", PYTHONPATH=REPO)
     data = tmp_path / "missing.npz"
