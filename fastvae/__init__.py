@@ -14,6 +14,7 @@ from . import models, nn  # noqa: E402  (modules built on the functional API)
 from .functional import (  # noqa: E402
     VAELoss,
     bernoulli_nll,
+    continuous_bernoulli_nll,
     beta_vae_loss,
     gaussian_kl,
     gaussian_nll,
@@ -25,6 +26,6 @@ from .functional import (  # noqa: E402
 from .ops import get_backend, set_backend  # noqa: E402
 
 __all__ = [
-    "VAELoss", "bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll", "laplace_nll", "mse",
+    "VAELoss", "bernoulli_nll", "continuous_bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll", "laplace_nll", "mse",
     "reparameterize", "reparameterize_kl", "get_backend", "set_backend", "models", "nn", "__version__",
 ]

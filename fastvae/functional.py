@@ -21,7 +21,7 @@ from .ops.reduction import NONE, REDUCTIONS
 
 __all__ = [
     "VAELoss", "reparameterize", "gaussian_kl", "reparameterize_kl", "bernoulli_nll",
-    "gaussian_nll", "mse", "laplace_nll", "beta_vae_loss",
+    "gaussian_nll", "mse", "laplace_nll", "continuous_bernoulli_nll", "beta_vae_loss",
 ]
 
 LIKELIHOODS = tuple(KINDS)
@@ -244,7 +244,21 @@ def laplace_nll(loc: Tensor, target: Tensor, *, log_scale: Scalar = 0.0, reducti
     return _nll("laplace", "loc", loc, target, log_scale, reduction)
 
 
-_NLL_INPUT_NAMES = {"bernoulli": "logits", "gaussian": "mean", "mse": "recon", "laplace": "loc"}
+def continuous_bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
+    r"""Continuous Bernoulli NLL (Loaiza-Ganem & Cunningham 2019) from **logits**, summed per sample,
+    ``'mean'`` the batch mean of those per-sample sums: the likelihood for data in [0, 1] that is not binary.
+
+    Per element the Bernoulli NLL minus the log of the normalizing constant,
+    :math:`\max(x, 0) - x t + \log(1 + e^{-|x|}) - \log C(x)`, :math:`C(x) = x / \tanh(x/2)` (2 at
+    :math:`x = 0`), computed in logit space with no clamp of the probability: value and gradient are
+    smooth through :math:`x = 0` and finite for logits of any size.  Equals
+    ``-torch.distributions.ContinuousBernoulli(logits=logits).log_prob(target)`` summed per sample.
+    """
+    return _nll("continuous_bernoulli", "logits", logits, target, 0.0, reduction)
+
+
+_NLL_INPUT_NAMES = {"bernoulli": "logits", "gaussian": "mean", "mse": "recon", "laplace": "loc",
+                    "continuous_bernoulli": "logits"}
 
 
 def _check_rate(rate, recon: Tensor) -> Tensor:
@@ -298,7 +312,8 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
     beta = _check_scalar("beta", beta, recon.device)
     if capacity is not None:
         capacity = _check_scalar("capacity", capacity, recon.device)
-    if likelihood in ("bernoulli", "mse") and (isinstance(log_scale, Tensor) or log_scale != 0.0):
+    if likelihood in ("bernoulli", "mse", "continuous_bernoulli") and (isinstance(log_scale, Tensor)
+                                                                      or log_scale != 0.0):
         raise ValueError(f"log_scale applies to the 'gaussian' and 'laplace' likelihoods, not {likelihood!r}")
     _check_like("target", target, "recon", recon)
     ls_tensor, ls_value = _check_log_scale(log_scale, target)

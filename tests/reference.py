@@ -17,7 +17,7 @@ F64 = torch.float64
 LOG_2PI = math.log(2.0 * math.pi)
 LOG_2 = math.log(2.0)
 REDUCTIONS = ("mean", "sum", "none")
-LIKELIHOODS = ("bernoulli", "gaussian", "mse", "laplace")
+LIKELIHOODS = ("bernoulli", "gaussian", "mse", "laplace", "continuous_bernoulli")
 
 
 class VAELoss(NamedTuple):
@@ -99,6 +99,30 @@ def bernoulli_nll(logits, target, *, reduction: str = "mean"):
     return reduce(rows(bernoulli_nll_elements(logits, target)), reduction)
 
 
+def continuous_bernoulli_log_norm(logits):
+    """log C(x), C(x) = x / tanh(x / 2) (its limit 2 at x = 0): the continuous Bernoulli's normalizer in logit
+    space (lambda = sigmoid(x): 2 atanh(1 - 2 lambda) / (1 - 2 lambda) = x / tanh(x / 2)).  Even in x; the
+    series log 2 + x^2/12 - 7x^4/1440 + 31x^6/90720 - 127x^8/4838400 for |x| < 1e-2 (truncation below 1e-22),
+    log|x| - log tanh(|x|/2) elsewhere, each branch given inputs where it is finite."""
+    x = f64(logits)
+    small = x.abs() < 1e-2
+    xs = torch.where(small, x, torch.zeros_like(x))
+    xb = torch.where(small, torch.ones_like(x), x.abs())
+    x2 = xs * xs
+    series = LOG_2 + x2 * (1 / 12 + x2 * (-7 / 1440 + x2 * (31 / 90720 - 127 * x2 / 4838400)))
+    direct = torch.log(xb) - torch.log(torch.tanh(0.5 * xb))
+    return torch.where(small, series, direct)
+
+
+def continuous_bernoulli_nll_elements(logits, target):
+    """-log p(t | lambda) of the continuous Bernoulli, lambda = sigmoid(x): the Bernoulli NLL minus log C(x)."""
+    return bernoulli_nll_elements(logits, target) - continuous_bernoulli_log_norm(logits)
+
+
+def continuous_bernoulli_nll(logits, target, *, reduction: str = "mean"):
+    return reduce(rows(continuous_bernoulli_nll_elements(logits, target)), reduction)
+
+
 def gaussian_nll_elements(mean, target, log_scale=0.0):
     """0.5 * ((x - mu) / s)^2 + log s + 0.5 * log(2 pi), s = exp(log_scale)."""
     mean, target = f64(mean), f64(target)
@@ -141,6 +165,8 @@ def nll_rows(likelihood: str, recon, target, log_scale=0.0) -> torch.Tensor:
         return rows(mse_elements(recon, target))
     if likelihood == "laplace":
         return rows(laplace_nll_elements(recon, target, log_scale))
+    if likelihood == "continuous_bernoulli":
+        return rows(continuous_bernoulli_nll_elements(recon, target))
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 

@@ -23,8 +23,11 @@ CASES = [
     ("gaussian", torch.float64, "scalar"),
     ("laplace", torch.float32, "element"),
     ("laplace", torch.float32, "scalar"),
+    ("continuous_bernoulli", torch.float32, "float"),
+    ("continuous_bernoulli", torch.float64, "float"),
 ]
-FUNCS = {"bernoulli": fv.bernoulli_nll, "gaussian": fv.gaussian_nll, "mse": fv.mse, "laplace": fv.laplace_nll}
+FUNCS = {"bernoulli": fv.bernoulli_nll, "gaussian": fv.gaussian_nll, "mse": fv.mse, "laplace": fv.laplace_nll,
+         "continuous_bernoulli": fv.continuous_bernoulli_nll}
 
 
 @pytest.fixture(autouse=True)

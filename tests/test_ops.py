@@ -34,7 +34,7 @@ RTOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 HALF_ULPS_SLACK = 1
 DTYPES = [torch.float32, torch.float32, torch.float64, torch.float16, torch.bfloat16]
 OPS = ["reparameterize", "gaussian_kl", "reparameterize_kl", "bernoulli_nll", "gaussian_nll", "mse",
-       "laplace_nll", "beta_vae_loss"]
+       "laplace_nll", "continuous_bernoulli_nll", "beta_vae_loss"]
 EXTREMES = {
     "logvar": [-80.0, 80.0, -30.0, 30.0],
     "logit": [1e4, -1e4, 50.0, -50.0],
@@ -211,6 +211,10 @@ def lik_mags(likelihood, x, t, ls):
     """Elementwise value magnitude and per-unit-upstream gradient magnitudes of a likelihood."""
     if likelihood == "bernoulli":
         return x.abs() * (1 + t.abs()) + 1, {"x": torch.sigmoid(x) + t.abs(), "target": x.abs()}
+    if likelihood == "continuous_bernoulli":
+        # log C(x) grows like log|x|; d log C / dx is at most 1/2 (1/x - 1/sinh x)
+        return x.abs() * (1 + t.abs()) + 1 + torch.log1p(x.abs()), {"x": torch.sigmoid(x) + t.abs() + 0.5,
+                                                                     "target": x.abs()}
     if likelihood == "mse":
         d = (x - t).abs()
         return d * d, {"x": 2 * d, "target": 2 * d}
@@ -275,8 +279,10 @@ class Case:
         return tuple(out) if isinstance(out, tuple) else (out,)
 
 
-NLL_INPUT = {"bernoulli_nll": "logits", "gaussian_nll": "mean", "mse": "recon", "laplace_nll": "loc"}
-NLL_KIND = {"bernoulli_nll": "bernoulli", "gaussian_nll": "gaussian", "mse": "mse", "laplace_nll": "laplace"}
+NLL_INPUT = {"bernoulli_nll": "logits", "gaussian_nll": "mean", "mse": "recon", "laplace_nll": "loc",
+             "continuous_bernoulli_nll": "logits"}
+NLL_KIND = {"bernoulli_nll": "bernoulli", "gaussian_nll": "gaussian", "mse": "mse", "laplace_nll": "laplace",
+            "continuous_bernoulli_nll": "continuous_bernoulli"}
 
 
 @st.composite
@@ -311,7 +317,7 @@ def cases(draw, op, backend, dtypes=None):
         else:
             likelihood = NLL_KIND[op]
             input_name = NLL_INPUT[op]
-        if likelihood == "bernoulli":
+        if likelihood in ("bernoulli", "continuous_bernoulli"):
             x = values("logit", shape, gen, scale, n_extreme)
             t = values("prob", shape, gen, scale, 0, binary=draw(st.booleans()))
         else:
@@ -396,6 +402,8 @@ class Eager:
     def _lik(cls, likelihood, x, t, ls):
         if likelihood == "bernoulli":
             return F.binary_cross_entropy_with_logits(x, t, reduction="none")
+        if likelihood == "continuous_bernoulli":
+            return -torch.distributions.ContinuousBernoulli(logits=x, validate_args=False).log_prob(t)
         if likelihood == "mse":
             return F.mse_loss(x, t, reduction="none")
         ls = cls._ls(ls, x)
@@ -430,6 +438,10 @@ class Eager:
     @classmethod
     def laplace_nll(cls, x, t, *, reduction, log_scale=0.0):
         return cls._red(cls._lik("laplace", x, t, log_scale), reduction)
+
+    @classmethod
+    def continuous_bernoulli_nll(cls, x, t, *, reduction):
+        return cls._red(cls._lik("continuous_bernoulli", x, t, 0.0), reduction)
 
     @classmethod
     def beta_vae_loss(cls, recon, target, mu, lv, *, reduction, beta=1.0, likelihood="bernoulli",
@@ -620,6 +632,7 @@ OP_CALLS = {
     "gaussian_nll": lambda mu, lv, x, t: fv.gaussian_nll(x, t, log_scale=0.5),
     "mse": lambda mu, lv, x, t: fv.mse(x, t),
     "laplace_nll": lambda mu, lv, x, t: fv.laplace_nll(x, t),
+    "continuous_bernoulli_nll": lambda mu, lv, x, t: fv.continuous_bernoulli_nll(x, t),
     "beta_vae_loss": lambda mu, lv, x, t: fv.beta_vae_loss(x, t, mu, lv, beta=2.0).loss,
 }
 
@@ -659,3 +672,27 @@ def test_float16_gradient_is_rounded_once(backend):
     op_err, eager_err = abs(loc.grad.item() - exact), abs(eager.grad.item() - exact)
     assert op_err <= 2 * eager_err + HALF_ULPS_SLACK * 0.5 * ulp, (
         f"float16 grad {loc.grad.item()!r}, exact {exact!r}, torch eager {eager.grad.item()!r}")
+
+
+def test_continuous_bernoulli_is_smooth_through_zero_and_finite_at_the_extremes(backend):
+    """Value and gradient of the continuous Bernoulli are continuous through logit 0 and across the point
+    where the kernels switch from the series to the closed form (|x| = 1/2 in float32), and finite at +-1e4."""
+    dev = backend.device
+    step = 2.0 ** -12
+    grid = torch.cat([torch.arange(-64, 65) * step, 0.5 + torch.arange(-8, 9) * 2.0 ** -20,
+                      -0.5 + torch.arange(-8, 9) * 2.0 ** -20]).to(torch.float32)
+    t = torch.full_like(grid, 0.3)
+    x = grid.clone().to(dev).requires_grad_()
+    out = fv.continuous_bernoulli_nll(x[:, None], t[:, None].to(dev), reduction="none")
+    out.sum().backward()
+    ref_x = grid.double().requires_grad_()
+    ref = R.continuous_bernoulli_nll_elements(ref_x, t.double())
+    ref.sum().backward()
+    torch.testing.assert_close(out.double().cpu(), ref.detach(), rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(x.grad.double().cpu(), ref_x.grad, rtol=2e-6, atol=2e-6)
+    big = torch.tensor([[1e4, -1e4, 3e3, -3e3]], device=dev, requires_grad=True)
+    v = fv.continuous_bernoulli_nll(big, torch.tensor([[0.0, 1.0, 0.5, 0.2]], device=dev))
+    v.backward()
+    assert torch.isfinite(v).all() and torch.isfinite(big.grad).all(), (v, big.grad)
+    torch.testing.assert_close(v.double().cpu(), R.continuous_bernoulli_nll(big.detach().double().cpu(),
+                               torch.tensor([[0.0, 1.0, 0.5, 0.2]], dtype=F64)), rtol=1e-5, atol=1e-3)

@@ -108,8 +108,13 @@ class VAE(nn.Module):
         return recon
 
     def _data_mean(self, recon: Tensor) -> Tensor:
-        # Bernoulli decoders output logits; the mean of the data distribution is their sigmoid.
-        return torch.sigmoid(recon) if self.likelihood == "bernoulli" else recon
+        # Bernoulli decoders output logits; the mean of the data distribution is their sigmoid. The continuous
+        # Bernoulli's mean is not its parameter: sigmoid(x) / tanh(x / 2) - 1 / x (1/2 at x = 0).
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(recon)
+        if self.likelihood == "continuous_bernoulli":
+            return torch.distributions.ContinuousBernoulli(logits=recon.float(), validate_args=False).mean.to(recon.dtype)
+        return recon
 
     # -- public API -----------------------------------------------------------------------------------------
 

@@ -86,6 +86,33 @@ def _bernoulli(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
     return _finish(loss, grad, None, scale, gx_dtype, gs_dtype)
 
 
+def cb_log_norm(x: Tensor, e: Tensor):
+    """(log C(x), d log C / dx) of the continuous Bernoulli, e = exp(-|x|): the formulas of
+    ``kernels/likelihoods.py::_cb_log_norm`` (series near 0, the closed form elsewhere; both branches finite)."""
+    a = x.abs()
+    small = a < (1e-3 if x.dtype == torch.float64 else 0.5)
+    x2 = x * x
+    series = 0.6931471805599453 + x2 * (1.0 / 12.0 + x2 * (-7.0 / 1440.0 + x2 * (31.0 / 90720.0
+                                                                              + x2 * (-127.0 / 4838400.0))))
+    dseries = x * (1.0 / 6.0 + x2 * (-7.0 / 360.0 + x2 * (31.0 / 15120.0 + x2 * (-127.0 / 604800.0
+                                                                                  + x2 * (73.0 / 3421440.0)))))
+    a_big = torch.where(small, 1.0, a)
+    e_big = torch.where(small, 0.5, e)
+    direct = torch.log1p(e_big) - torch.log1p(-e_big) + torch.log(a_big)
+    ddirect = torch.sign(x) * (1.0 / a_big - 2.0 * e_big / (1.0 - e_big * e_big))
+    return torch.where(small, series, direct), torch.where(small, dseries, ddirect)
+
+
+def _continuous_bernoulli(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
+    x, t = x.to(compute), t.to(compute)
+    e = torch.exp(-x.abs())
+    r = 1.0 / (1.0 + e)
+    log_c, dlog_c = cb_log_norm(x, e)
+    loss = torch.clamp_min(x, 0.0) - x * t + torch.log1p(e) - log_c
+    grad = torch.where(x >= 0, 1.0, e) * r - t - dlog_c
+    return _finish(loss, grad, None, scale, gx_dtype, gs_dtype)
+
+
 def _gaussian(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
     x, t, s = x.to(compute), t.to(compute), s.to(compute)
     inv_sigma = torch.exp(-s)
@@ -108,7 +135,7 @@ def _laplace(x, t, s, scale, compute, gx_dtype, gs_dtype, want_gs):
     return _finish(loss, torch.sign(d) * inv_sigma, (1.0 - a) if want_gs else None, scale, gx_dtype, gs_dtype)
 
 
-_KINDS = (_bernoulli, _gaussian, _mse, _laplace)
+_KINDS = (_bernoulli, _gaussian, _mse, _laplace, _continuous_bernoulli)
 
 
 _compiled: dict = {}

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from . import _backend, _cpu_fused
 
-KINDS = {"bernoulli": 0, "gaussian": 1, "mse": 2, "laplace": 3}
+KINDS = {"bernoulli": 0, "gaussian": 1, "mse": 2, "laplace": 3, "continuous_bernoulli": 4}
+#: The likelihoods that take logits (their decoder's output is not the data's mean).
+LOGIT_KINDS = (KINDS["bernoulli"], KINDS["continuous_bernoulli"])
 SCALED_KINDS = (KINDS["gaussian"], KINDS["laplace"])
 
 # How the log-scale is given: a Python float, one value in a 0-dim tensor, or one per element.
@@ -178,6 +180,15 @@ def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
         if grad_x:
             # The loss buffer is ours and spent: the gradient reuses its memory.
             gx = torch.sigmoid(xx, out=buf).sub_(tt)
+            if not isinstance(inv_div, float) or inv_div != 1.0:
+                gx.mul_(inv_div)
+    elif kind == 4:
+        e = torch.exp(-xx.abs())
+        log_c, dlog_c = _cpu_fused.cb_log_norm(xx, e)
+        buf = F.softplus(xx).addcmul_(xx, tt, value=-1.0).sub_(log_c)
+        rows = buf.sum(1)
+        if grad_x:
+            gx = torch.sigmoid(xx, out=buf).sub_(tt).sub_(dlog_c)
             if not isinstance(inv_div, float) or inv_div != 1.0:
                 gx.mul_(inv_div)
     elif kind == 2:

@@ -68,7 +68,7 @@ def _input_grads(needs, x, target, log_scale, rate, beta, capacity, cfg, gx, gls
         if needs[0]:
             grad_in = gx
         if needs[1]:
-            if kind == 0:  # d/dt of max(x,0) - x t + log1p(exp(-|x|)) is -x
+            if kind in L.LOGIT_KINDS:  # d/dt of max(x,0) - x t + log1p(exp(-|x|)) (- log C(x)) is -x
                 grad_t = (-x.to(dtype) * _per_row(g_x / div, x)).to(target.dtype)
             else:
                 grad_t = (-gx).to(target.dtype)
@@ -284,7 +284,7 @@ def loss(x: Tensor, target: Tensor, log_scale: Optional[Tensor], ls_value: float
     beta_t = beta if isinstance(beta, Tensor) else None
     cap_t = capacity if isinstance(capacity, Tensor) else None
     grad_on = torch.is_grad_enabled()
-    grad_x = grad_on and (x.requires_grad or (kind != 0 and target.requires_grad))
+    grad_x = grad_on and (x.requires_grad or (kind not in L.LOGIT_KINDS and target.requires_grad))
     grad_ls = grad_on and _requires_grad(log_scale)
     if _backend.tracing(x):
         out = objective_forward(x, target, log_scale, ls_value, rate, beta_t,
