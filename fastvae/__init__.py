@@ -14,8 +14,8 @@ from . import models, nn  # noqa: E402  (modules built on the functional API)
 from .functional import (  # noqa: E402
     VAELoss,
     bernoulli_nll,
-    continuous_bernoulli_nll,
     beta_vae_loss,
+    continuous_bernoulli_nll,
     gaussian_kl,
     gaussian_nll,
     laplace_nll,
@@ -26,6 +26,7 @@ from .functional import (  # noqa: E402
 from .ops import get_backend, set_backend  # noqa: E402
 
 __all__ = [
-    "VAELoss", "bernoulli_nll", "continuous_bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll", "laplace_nll", "mse",
-    "reparameterize", "reparameterize_kl", "get_backend", "set_backend", "models", "nn", "__version__",
+    "VAELoss", "bernoulli_nll", "continuous_bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll",
+    "laplace_nll", "mse", "reparameterize", "reparameterize_kl", "get_backend", "set_backend", "models", "nn",
+    "__version__",
 ]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import ContinuousBernoulli, Bernoulli, Laplace, Normal, kl_divergence
+from torch.distributions import Bernoulli, ContinuousBernoulli, Laplace, Normal, kl_divergence
 
 import reference as R
 
