@@ -1,4 +1,4 @@
-"""Tests of ``fastvae train`` (fastvae/train.py, fastvae/cli.py, fastvae/report.py).
+"""Tests of ``fastvae train`` (fastvae/train/, fastvae/cli.py; the plots of fastvae/train/report.py).
 
 Runs are tiny (an MLP with a few dozen hidden units, batches of 8, a handful of steps) and mostly
 in-process through ``fastvae.cli.main``; a subprocess is used where the test needs one (a run
