@@ -86,9 +86,9 @@ class Launch:
 
 def capture(call: Callable[[], object]) -> list[Launch]:
     """The Triton launches ``call()`` makes on CPU tensors, with the launchers' CUDA tiling for SMS SMs."""
-    import fastvae
     from triton.runtime import jit as tjit
 
+    import fastvae
     from fastvae.ops import _backend
 
     launches: list[Launch] = []
@@ -380,7 +380,8 @@ KINDS = ("bernoulli", "gaussian", "mse", "laplace")
 DTYPES = ("float32", "bfloat16")
 
 
-def variants(only: Optional[str] = None, want_dtype: Optional[str] = None, want_shape: Optional[tuple] = None) -> list[dict]:
+def variants(only: Optional[str] = None, want_dtype: Optional[str] = None,
+             want_shape: Optional[tuple] = None) -> list[dict]:
     """Each kernel variant the launchers pick at the benchmark's shapes: {family, case, shape, dtype, call};
     ``only`` keeps those whose family or case contains it, ``want_dtype`` and ``want_shape`` those that match."""
     out = []

@@ -12,8 +12,11 @@ _openmp.set_for_the_command()
 
 from . import models, nn  # noqa: E402  (modules built on the functional API)
 from .functional import (  # noqa: E402
+    TCTerms,
+    TCVAELoss,
     VAELoss,
     bernoulli_nll,
+    beta_tcvae_loss,
     beta_vae_loss,
     continuous_bernoulli_nll,
     gaussian_kl,
@@ -22,11 +25,13 @@ from .functional import (  # noqa: E402
     mse,
     reparameterize,
     reparameterize_kl,
+    tc_decomposition,
 )
 from .ops import get_backend, set_backend  # noqa: E402
 
 __all__ = [
-    "VAELoss", "bernoulli_nll", "continuous_bernoulli_nll", "beta_vae_loss", "gaussian_kl", "gaussian_nll",
+    "VAELoss", "TCTerms", "TCVAELoss", "bernoulli_nll", "continuous_bernoulli_nll", "beta_vae_loss",
+    "beta_tcvae_loss", "tc_decomposition", "gaussian_kl", "gaussian_nll",
     "laplace_nll", "mse", "reparameterize", "reparameterize_kl", "get_backend", "set_backend", "models", "nn",
     "__version__",
 ]

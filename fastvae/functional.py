@@ -21,7 +21,8 @@ from .ops.reduction import NONE, REDUCTIONS
 
 __all__ = [
     "VAELoss", "reparameterize", "gaussian_kl", "reparameterize_kl", "bernoulli_nll",
-    "gaussian_nll", "mse", "laplace_nll", "continuous_bernoulli_nll", "beta_vae_loss",
+    "gaussian_nll", "mse", "laplace_nll", "continuous_bernoulli_nll", "beta_vae_loss", "TCTerms", "TCVAELoss",
+    "tc_decomposition", "beta_tcvae_loss",
 ]
 
 LIKELIHOODS = tuple(KINDS)
@@ -99,7 +100,8 @@ def _check_log_scale(log_scale, target: Tensor) -> tuple[Optional[Tensor], float
                 f"{tuple(target.shape)}, got a tensor of shape {tuple(log_scale.shape)}"
             )
         if log_scale.device != target.device:
-            raise ValueError(f"log_scale must be on the same device as target: expected {target.device}, got {log_scale.device}")
+            raise ValueError(f"log_scale must be on the same device as target: expected {target.device}, "
+                             f"got {log_scale.device}")
         return log_scale, 0.0
     if isinstance(log_scale, bool) or not isinstance(log_scale, numbers.Real):
         raise TypeError(f"log_scale must be a float or a tensor, got {type(log_scale).__name__}")
@@ -321,3 +323,121 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
         rate = latent(mu, logvar, None, None, False, True, 0, NONE)
     return VAELoss(*_loss(recon, target, ls_tensor, ls_value, KINDS[likelihood], red, rate=rate, beta=beta,
                           capacity=capacity))
+
+
+# ----------------------------------------------------------------------------- beta-TCVAE
+
+
+class TCTerms(NamedTuple):
+    """The decomposition of the KL of beta-TCVAE (Chen et al. 2018): ``mi + tc + dwkl = log q(z|x) - log p(z)``.
+
+    mi: index-code mutual information ``log q(z|x) - log q(z)``; tc: total correlation
+    ``log q(z) - log prod_k q(z_k)``; dwkl: dimension-wise KL ``log prod_k q(z_k) - log p(z)``."""
+
+    mi: Tensor
+    tc: Tensor
+    dwkl: Tensor
+
+
+class TCVAELoss(NamedTuple):
+    """``loss = distortion + alpha * mi + beta * tc + gamma * dwkl``; ``rate`` the analytic KL, for reporting."""
+
+    loss: Tensor
+    distortion: Tensor
+    rate: Tensor
+    mi: Tensor
+    tc: Tensor
+    dwkl: Tensor
+
+
+def _check_tc_inputs(z, mu, logvar, dataset_size, estimator, process_group) -> tuple[int, int, int]:
+    """(global batch, this process's first row, world size) after checking the arguments."""
+    from .ops.tc import ESTIMATORS
+
+    _check_tensor("z", z)
+    if z.dim() != 2:
+        raise ValueError(f"z must be (B, J), the latent sample of each row, got shape {tuple(z.shape)}")
+    _check_like("mu", mu, "z", z)
+    _check_like("logvar", logvar, "z", z)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(map(repr, ESTIMATORS))}, got {estimator!r}")
+    world, rank = 1, 0
+    if process_group is not None:
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+    batch = z.shape[0] * world
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral):
+        raise TypeError(f"dataset_size must be an int (the number of training examples), got "
+                        f"{type(dataset_size).__name__}")
+    if dataset_size < max(batch, 1):
+        raise ValueError(f"dataset_size must be at least the (global) batch size {batch}, got {dataset_size}")
+    if estimator == "mss" and batch < 2:
+        raise ValueError(f"estimator 'mss' needs a batch of at least 2 rows, got {batch}; use 'mws'")
+    return batch, rank * z.shape[0], world
+
+
+def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int, estimator: str = "mss",
+                     reduction: str = "mean", process_group=None) -> TCTerms:
+    r"""The beta-TCVAE decomposition of the rate, ``TCTerms(mi, tc, dwkl)``, with the minibatch estimators of
+    Chen et al. (2018), streamed: memory O(B J) for any batch, no (B, B, J) tensor.
+
+    ``z`` (B, J) is drawn from the posteriors ``N(mu, exp(logvar))`` (for instance by
+    :func:`reparameterize_kl`); q is the aggregate posterior of the batch,
+
+    .. math:: \log q(z_i) \approx \mathrm{logsumexp}_j [\log q(z_i|x_j) + \log w_{ij}],\qquad
+              \log \textstyle\prod_k q(z_{ik}) \approx \sum_k \mathrm{logsumexp}_j [\log q(z_{ik}|x_{jk}) + \log w_{ij}]
+
+    with ``estimator='mws'`` (minibatch weighted sampling, w = 1/(N B)) or ``'mss'`` (minibatch stratified
+    sampling, M = B - 1: w_ii = 1/N, w_i,(i+1) mod B = (N - M)/(N M), 1/M for the others), N the
+    ``dataset_size``.  With a ``process_group`` the sums over j run over the global batch (the posteriors
+    all-gathered, gradients flowing back to every rank's rows), so N processes of B rows give what one
+    process of N B rows gives.  Gradients flow into z, mu and logvar.
+    """
+    import math as _math
+
+    from .ops.tc import log_densities
+
+    batch, row0, world = _check_tc_inputs(z, mu, logvar, dataset_size, estimator, process_group)
+    red = _check_reduction(reduction)
+    mu_all, lv_all = mu, logvar
+    if world > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        mu_all = torch.cat(all_gather(mu.contiguous(), group=process_group))
+        lv_all = torch.cat(all_gather(logvar.contiguous(), group=process_group))
+    log_qz, log_prod = log_densities(z, mu_all, lv_all, row0=row0, dataset_size=dataset_size, estimator=estimator)
+    half_log_2pi = 0.5 * _math.log(2.0 * _math.pi)
+    zc = z.to(log_qz.dtype)
+    d = zc - mu.to(log_qz.dtype)
+    lv = logvar.to(log_qz.dtype)
+    log_qzx = (-0.5 * (d * d * torch.exp(-lv) + lv) - half_log_2pi).sum(1)
+    log_pz = (-0.5 * zc * zc - half_log_2pi).sum(1)
+    terms = (log_qzx - log_qz, log_qz - log_prod, log_prod - log_pz)
+    if red == NONE:
+        return TCTerms(*terms)
+    return TCTerms(*(t.sum() if reduction == "sum" else t.mean() for t in terms))
+
+
+def beta_tcvae_loss(recon: Tensor, target: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int,
+                    alpha: Scalar = 1.0, beta: Scalar = 6.0, gamma: Scalar = 1.0, likelihood: str = "bernoulli",
+                    log_scale: Scalar = 0.0, estimator: str = "mss", reduction: str = "mean",
+                    process_group=None) -> TCVAELoss:
+    """The beta-TCVAE objective (Chen et al. 2018): ``distortion + alpha * mi + beta * tc + gamma * dwkl``
+    (see :func:`tc_decomposition`), ``TCVAELoss(loss, distortion, rate, mi, tc, dwkl)`` with ``rate`` the
+    analytic KL of the posteriors (reported; not part of the loss).  ``likelihood`` and ``log_scale`` as in
+    :func:`beta_vae_loss`; alpha = beta = gamma = 1 is the plain ELBO's rate estimated from the batch."""
+    if likelihood not in KINDS:
+        raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
+    _check_tensor("recon", recon)
+    _check_like("target", target, "recon", recon)
+    if z.dim() >= 1 and z.shape[0] != recon.shape[0]:
+        raise ValueError(f"z must have recon's batch size: expected {recon.shape[0]}, got {z.shape[0]}")
+    weights = [_check_scalar(name, value, recon.device) for name, value in (("alpha", alpha), ("beta", beta),
+                                                                             ("gamma", gamma))]
+    distortion = _nll(likelihood, _NLL_INPUT_NAMES[likelihood], recon, target, log_scale, reduction)
+    terms = tc_decomposition(z, mu, logvar, dataset_size=dataset_size, estimator=estimator, reduction=reduction,
+                             process_group=process_group)
+    rate = gaussian_kl(mu, logvar, reduction=reduction)
+    loss = distortion + weights[0] * terms.mi + weights[1] * terms.tc + weights[2] * terms.dwkl
+    return TCVAELoss(loss, distortion, rate, *terms)

@@ -204,3 +204,36 @@ def beta_vae_loss(recon, target, mu, logvar, *, beta=1.0, likelihood: str = "ber
             else:
                 loss = d.sum() + batch * penalty
     return VAELoss(loss, reduce(d, reduction), reduce(r, reduction))
+
+
+# ---------------------------------------------------------------------------------------------
+# beta-TCVAE: the minibatch estimators, dense (B, B, J), straight from Chen et al. (2018)
+# ---------------------------------------------------------------------------------------------
+def tc_log_weights(batch: int, dataset_size: int, estimator: str) -> torch.Tensor:
+    """(B, B) log w_ij. 'mws': 1/(N B). 'mss' (M = B - 1): 1/N on the diagonal, (N - M)/(N M) at
+    j = (i + 1) mod B, 1/M elsewhere; every row sums to 1."""
+    n = float(dataset_size)
+    if estimator == "mws":
+        return torch.full((batch, batch), -math.log(n * batch), dtype=F64)
+    m = batch - 1
+    w = torch.full((batch, batch), 1.0 / m, dtype=F64)
+    idx = torch.arange(batch)
+    w[idx, (idx + 1) % batch] = (n - m) / (n * m)
+    w[idx, idx] = 1.0 / n
+    return torch.log(w)
+
+
+def tc_terms(z, mu, logvar, *, dataset_size: int, estimator: str = "mss", reduction: str = "mean"):
+    """(mi, tc, dwkl) with the (B, B, J) tensor of log q(z_i | x_j) built in full."""
+    z, mu, logvar = f64(z), f64(mu), f64(logvar)
+    batch = z.shape[0]
+    d = z[:, None, :] - mu[None, :, :]
+    log_qzx_pairs = -0.5 * (d * d * torch.exp(-logvar)[None] + logvar[None] + LOG_2PI)   # (B, B, J)
+    lw = tc_log_weights(batch, dataset_size, estimator)
+    log_qz = torch.logsumexp(log_qzx_pairs.sum(2) + lw, dim=1)
+    log_prod = torch.logsumexp(log_qzx_pairs + lw[:, :, None], dim=1).sum(1)
+    idx = torch.arange(batch)
+    log_qzx = log_qzx_pairs[idx, idx].sum(1)
+    log_pz = (-0.5 * (z * z + LOG_2PI)).sum(1)
+    terms = (log_qzx - log_qz, log_qz - log_prod, log_prod - log_pz)
+    return tuple(reduce(t, reduction) for t in terms)

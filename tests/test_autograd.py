@@ -10,6 +10,7 @@ import torch
 
 import fastvae as fv
 import fastvae.ops
+
 import reference as R
 
 F64 = torch.float64
@@ -169,7 +170,7 @@ def _sample_args():
     ]
     objective = []
     for kind_name, kind in kinds.items():
-        for red_name, red in reductions.items():
+        for red in reductions.values():
             target = t(3, 4, seed=7, rg=False, lo=True) if kind_name == "bernoulli" else t(3, 4, seed=7, rg=False)
             rate = t(3, seed=9).abs()
             # a likelihood alone; with a rate (float beta); with a tensor beta and a capacity
@@ -347,7 +348,8 @@ def test_gradient_reaches_the_target(op, reduction, backend):
         if r.grad is None:
             continue
         assert a.grad is not None, f"no gradient for {name}"
-        torch.testing.assert_close(a.grad.cpu().double(), r.grad, rtol=2e-5, atol=2e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.grad.cpu().double(), r.grad, rtol=2e-5, atol=2e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------- higher order, transforms

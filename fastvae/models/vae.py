@@ -113,7 +113,8 @@ class VAE(nn.Module):
         if self.likelihood == "bernoulli":
             return torch.sigmoid(recon)
         if self.likelihood == "continuous_bernoulli":
-            return torch.distributions.ContinuousBernoulli(logits=recon.float(), validate_args=False).mean.to(recon.dtype)
+            mean = torch.distributions.ContinuousBernoulli(logits=recon.float(), validate_args=False).mean
+            return mean.to(recon.dtype)
         return recon
 
     # -- public API -----------------------------------------------------------------------------------------
