@@ -34,6 +34,7 @@ statistical tests of tests/test_rng.py (moments, KS at 2.6e5 samples, correlatio
 import triton
 import triton.language as tl
 
+
 @triton.jit
 def _log_unit(u):
     """log(u) for u in (0, 1], float32, without libdevice."""

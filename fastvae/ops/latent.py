@@ -28,7 +28,6 @@ from . import _backend, _cpu_fused, eager
 from . import reduction as R
 from ._philox import exp_m1_m, philox_normal
 
-
 # ----------------------------------------------------------------------------- Triton launchers
 
 #: The GPU tiling of the latent kernels: 2048 elements a program and iteration over 4 warps (8 per
