@@ -162,19 +162,59 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
     return latent(mu, logvar, eps, seed, True, False, row_offset)
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor, *, reduction: str = "mean") -> Tensor:
+def _check_free_bits(free_bits, free_bits_mode) -> Optional[float]:
+    from .ops.free_bits import MODES
+
+    if free_bits_mode not in MODES:
+        raise ValueError(f"free_bits_mode must be one of {', '.join(map(repr, MODES))}, got {free_bits_mode!r}")
+    if free_bits is None:
+        return None
+    if isinstance(free_bits, bool) or not isinstance(free_bits, numbers.Real):
+        raise TypeError(f"free_bits must be a float (nats) or None, got {type(free_bits).__name__}")
+    if not free_bits >= 0:
+        raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
+    return float(free_bits)
+
+
+def _reduce_rows(rows: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return rows
+    return rows.sum() if reduction == "sum" else rows.mean()
+
+
+def _free_bits_rows(rows: Tensor, mu, logvar, floor: float, mode: str) -> Tensor:
+    from .ops.free_bits import per_sample
+
+    return per_sample(rows, mu, logvar, floor, mode)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor, *, reduction: str = "mean", free_bits: Optional[float] = None,
+                free_bits_mode: str = "dim") -> Tensor:
     r"""KL divergence of :math:`\mathcal N(\mu, e^{\text{logvar}})` from :math:`\mathcal N(0, I)`.
 
     Per sample, :math:`\tfrac12 \sum_j \mu_j^2 + e^{\text{logvar}_j} - \text{logvar}_j - 1`,
     computed in logvar space (``exp(logvar) - 1 - logvar`` without cancellation near 0).
+
+    ``free_bits`` (nats; Kingma et al. 2016, Li et al. 2019) puts a floor under it and returns the free-bits
+    objective instead: ``free_bits_mode='dim'`` floors each latent dimension's batch-mean KL m_j,
+    ``sum_j max(free_bits, m_j)``; ``'sample'`` each sample's KL, ``max(free_bits, KL_b)``.  With
+    ``reduction='none'`` the per-sample values are those whose batch mean is the ``'mean'`` result ('dim':
+    sample b gets ``sum_j KL_bj`` over the dimensions with ``m_j >= free_bits`` plus ``free_bits`` for each
+    other one); what is under the floor gets no gradient.
     """
     _check_latent(mu, logvar)
-    return latent(mu, logvar, None, None, False, True, 0, _check_reduction(reduction))
+    red = _check_reduction(reduction)
+    floor = _check_free_bits(free_bits, free_bits_mode)
+    if floor is None:
+        return latent(mu, logvar, None, None, False, True, 0, red)
+    rows = latent(mu, logvar, None, None, False, True, 0, NONE) if free_bits_mode == "sample" else None
+    return _reduce_rows(_free_bits_rows(rows, mu, logvar, floor, free_bits_mode), reduction)
 
 
 def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
                       generator: Optional[torch.Generator] = None, reduction: str = "mean",
-                      row_offset: int = 0) -> tuple[Tensor, Tensor]:
+                      row_offset: int = 0, free_bits: Optional[float] = None,
+                      free_bits_mode: str = "dim") -> tuple[Tensor, Tensor]:
     """``(reparameterize(mu, logvar, eps), gaussian_kl(mu, logvar))`` in one pass over mu and logvar:
     one kernel forward, one kernel backward.  ``generator`` and ``row_offset`` as in
     :func:`reparameterize`.
@@ -184,15 +224,22 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, 
 
         z, rate = fastvae.reparameterize_kl(mu, logvar, reduction="none")
         loss, distortion, rate = fastvae.beta_vae_loss(decoder(z), x, rate=rate, beta=4.0)
+
+    ``free_bits`` and ``free_bits_mode`` as in :func:`gaussian_kl`: the KL returned is then the free-bits
+    objective.
     """
     _check_latent(mu, logvar)
     if eps is not None:
         _check_like("eps", eps, "mu", mu)
     red = _check_reduction(reduction)
+    floor = _check_free_bits(free_bits, free_bits_mode)
     _check_generator(generator, mu.device)
     row_offset = _check_row_offset(row_offset)
     seed = draw_seed(mu.device, generator) if eps is None else None
-    return latent(mu, logvar, eps, seed, True, True, row_offset, red)
+    if floor is None:
+        return latent(mu, logvar, eps, seed, True, True, row_offset, red)
+    z, rows = latent(mu, logvar, eps, seed, True, True, row_offset, NONE)
+    return z, _reduce_rows(_free_bits_rows(rows, mu, logvar, floor, free_bits_mode), reduction)
 
 
 # ----------------------------------------------------------------------------- likelihoods
@@ -277,7 +324,8 @@ def _check_rate(rate, recon: Tensor) -> Tensor:
 
 def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None, *,
                   rate: Optional[Tensor] = None, beta: Scalar = 1.0, likelihood: str = "bernoulli",
-                  log_scale: Scalar = 0.0, capacity: Optional[Scalar] = None, reduction: str = "mean") -> VAELoss:
+                  log_scale: Scalar = 0.0, capacity: Optional[Scalar] = None, reduction: str = "mean",
+                  free_bits: Optional[float] = None, free_bits_mode: str = "dim") -> VAELoss:
     r"""The beta-VAE objective: ``VAELoss(loss, distortion, rate)``.
 
     distortion is the reconstruction NLL of ``likelihood`` ('bernoulli' from logits, 'gaussian',
@@ -290,6 +338,11 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
     per-sample KL ``(B,)`` that ``reparameterize_kl(mu, logvar, reduction='none')`` returned with z:
     then it is not computed again, and its gradient flows back through that op.  Give one or the
     other.  Both forms give the same numbers; the second reads mu and logvar once instead of twice.
+
+    ``free_bits`` (see :func:`gaussian_kl`): ``loss`` takes the free-bits objective in place of the rate while
+    ``VAELoss.rate`` stays the true KL, so curves show the real rate.  ``free_bits_mode='dim'`` needs the
+    per-dimension KL, so mu and logvar; ``'sample'`` works with either form.  It does not combine with a
+    capacity (two ways of keeping the rate up: give one).
     """
     if likelihood not in KINDS:
         raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
@@ -319,10 +372,22 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
         raise ValueError(f"log_scale applies to the 'gaussian' and 'laplace' likelihoods, not {likelihood!r}")
     _check_like("target", target, "recon", recon)
     ls_tensor, ls_value = _check_log_scale(log_scale, target)
+    floor = _check_free_bits(free_bits, free_bits_mode)
+    if floor is not None:
+        if capacity is not None:
+            raise ValueError("beta_vae_loss takes free_bits or capacity, not both")
+        if rate is not None and free_bits_mode == "dim":
+            raise ValueError("free_bits_mode='dim' needs the per-dimension KL: give mu and logvar (not rate), or "
+                             "use free_bits_mode='sample'")
     if rate is None:
         rate = latent(mu, logvar, None, None, False, True, 0, NONE)
-    return VAELoss(*_loss(recon, target, ls_tensor, ls_value, KINDS[likelihood], red, rate=rate, beta=beta,
-                          capacity=capacity))
+    if floor is None:
+        return VAELoss(*_loss(recon, target, ls_tensor, ls_value, KINDS[likelihood], red, rate=rate, beta=beta,
+                              capacity=capacity))
+    penalized = _free_bits_rows(rate, mu, logvar, floor, free_bits_mode)
+    loss, distortion, _ = _loss(recon, target, ls_tensor, ls_value, KINDS[likelihood], red, rate=penalized,
+                                beta=beta)
+    return VAELoss(loss, distortion, _reduce_rows(rate, reduction))
 
 
 # ----------------------------------------------------------------------------- beta-TCVAE

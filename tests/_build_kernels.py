@@ -27,7 +27,7 @@ def signature(fn, pointer_types, constexprs):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = pointer_types.get(name, pointer_types["*"])
-        elif name in ("ls_value", "beta_value", "cap_value"):
+        elif name in ("ls_value", "beta_value", "cap_value", "floor"):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
@@ -79,6 +79,19 @@ def main():
         build(objective.finish_kernel, ptrs, dict(REDUCTION=reduction, HAS_RATE=has_rate, BETA_PTR=cap == 2,
                                                   HAS_CAP=cap > 0, CAP_PTR=cap == 2, HAS_S=not has_rate, FP64=fp64,
                                                   BLOCK=1024), num_warps=4)
+    tc = _backend.kernels("tc")
+    for fp64, mss in itertools.product((False, True), (False, True)):
+        ptrs = {"*": "*fp64" if fp64 else "*fp32"}
+        meta = dict(MSS=mss, FP64=fp64, BLOCK_I=16, BLOCK_J=8, BLOCK_K=32)
+        for fn in (tc.tc_forward_kernel, tc.tc_backward_z_kernel, tc.tc_backward_params_kernel):
+            build(fn, ptrs, meta, num_warps=4)
+    fb = _backend.kernels("free_bits")
+    for dtype in ("fp32", "bf16", "fp64"):
+        ptrs = {"*": f"*{dtype}", "out_ptr": "*fp64" if dtype == "fp64" else "*fp32",
+                "means_ptr": "*fp64" if dtype == "fp64" else "*fp32", "g_ptr": "*fp32"}
+        meta = dict(FP64=dtype == "fp64", BLOCK_R=64, BLOCK_C=32)
+        for fn in (fb.kl_column_means_kernel, fb.free_bits_rows_kernel, fb.free_bits_backward_kernel):
+            build(fn, ptrs, meta, num_warps=4)
     return 0
 
 

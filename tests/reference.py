@@ -237,3 +237,16 @@ def tc_terms(z, mu, logvar, *, dataset_size: int, estimator: str = "mss", reduct
     log_pz = (-0.5 * (z * z + LOG_2PI)).sum(1)
     terms = (log_qzx - log_qz, log_qz - log_prod, log_prod - log_pz)
     return tuple(reduce(t, reduction) for t in terms)
+
+
+def free_bits_kl(mu, logvar, free_bits, mode="dim", *, reduction: str = "mean"):
+    """The free-bits objective: 'dim' sum_j max(lambda, m_j), m_j the batch mean of KL_bj (per sample: KL_bj
+    where m_j >= lambda, else lambda); 'sample' max(lambda, KL_b)."""
+    kl = gaussian_kl_elements(mu, logvar).reshape(f64(mu).shape[0], -1)
+    lam = float(free_bits)
+    if mode == "dim":
+        m = kl.mean(0)
+        per_sample = torch.where(m >= lam, kl, torch.full_like(kl, lam)).sum(1)
+    else:
+        per_sample = torch.clamp_min(kl.sum(1), lam)
+    return reduce(per_sample, reduction)
