@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastvae as fv
+
 import reference as R
 
 F64 = torch.float64
