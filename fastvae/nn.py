@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from . import functional as F_
 from .functional import Scalar
 
-__all__ = ["BetaVAELoss", "GaussianLatent", "LatentOutput"]
+__all__ = ["BetaVAELoss", "BetaTCVAELoss", "GaussianLatent", "LatentOutput"]
 
 
 # Scale applied to the default nn.Linear init of the logvar rows: the posterior starts with logvar ~ 0
@@ -55,6 +55,8 @@ class BetaVAELoss(nn.Module):
         likelihood: ``'bernoulli'`` | ``'gaussian'`` | ``'mse'`` | ``'laplace'``.
         capacity: target rate ``C`` in nats, or ``None`` for the plain beta-VAE loss.
         reduction: ``'mean'`` | ``'sum'`` | ``'none'`` over the batch (dim 0).
+        free_bits, free_bits_mode: a floor of ``free_bits`` nats on the rate in the loss, per latent dimension
+            (``'dim'``) or per sample (``'sample'``); see :func:`fastvae.gaussian_kl`.
 
     Shape:
         - recon, target: ``(B, *)``, the same shape.
@@ -69,14 +71,19 @@ class BetaVAELoss(nn.Module):
         likelihood: str = "bernoulli",
         capacity: Optional[Scalar] = None,
         reduction: str = "mean",
+        free_bits: Optional[float] = None,
+        free_bits_mode: str = "dim",
     ) -> None:
         super().__init__()
         _check_likelihood(likelihood)
         F_._check_reduction(reduction)
+        F_._check_free_bits(free_bits, free_bits_mode)
         self.beta = beta
         self.likelihood = likelihood
         self.capacity = capacity
         self.reduction = reduction
+        self.free_bits = free_bits
+        self.free_bits_mode = free_bits_mode
 
     def forward(
         self, recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None,
@@ -95,6 +102,8 @@ class BetaVAELoss(nn.Module):
             log_scale=log_scale,
             capacity=self.capacity,
             reduction=self.reduction,
+            free_bits=self.free_bits,
+            free_bits_mode=self.free_bits_mode,
         )
 
     def extra_repr(self) -> str:
@@ -102,6 +111,56 @@ class BetaVAELoss(nn.Module):
             f"beta={_format_scalar(self.beta)}, likelihood={self.likelihood!r}, "
             f"capacity={_format_scalar(self.capacity)}, reduction={self.reduction!r}"
         )
+
+
+class BetaTCVAELoss(nn.Module):
+    r"""The beta-TCVAE objective of Chen et al. (2018) as a module:
+    ``distortion + alpha * mi + beta * tc + gamma * dwkl`` (see :func:`fastvae.beta_tcvae_loss`), with the
+    minibatch estimates of the index-code mutual information, the total correlation and the dimension-wise
+    KL streamed over the batch (memory O(B J)).
+
+    Args:
+        dataset_size: N, the number of training examples (the estimators' weights depend on it).
+        alpha, beta, gamma: the weights of mi, tc and dwkl (beta-TCVAE: 1, beta, 1).
+        likelihood: as in :class:`BetaVAELoss`.
+        estimator: ``'mss'`` (minibatch stratified sampling) or ``'mws'`` (minibatch weighted sampling).
+        reduction: ``'mean'`` | ``'sum'`` | ``'none'`` over the batch.
+        process_group: with torchrun, the group whose ranks together hold the batch: the sums over the batch
+            then run over all of it.
+
+    Shape:
+        - recon, target: ``(B, *)``; z, mu, logvar: ``(B, J)``.
+        - Output: :class:`fastvae.TCVAELoss` ``(loss, distortion, rate, mi, tc, dwkl)``.
+    """
+
+    def __init__(self, dataset_size: int, alpha: Scalar = 1.0, beta: Scalar = 6.0, gamma: Scalar = 1.0,
+                 likelihood: str = "bernoulli", estimator: str = "mss", reduction: str = "mean",
+                 process_group=None) -> None:
+        super().__init__()
+        _check_likelihood(likelihood)
+        F_._check_reduction(reduction)
+        from .ops.tc import ESTIMATORS
+
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(map(repr, ESTIMATORS))}, got {estimator!r}")
+        self.dataset_size = dataset_size
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.likelihood = likelihood
+        self.estimator = estimator
+        self.reduction = reduction
+        self.process_group = process_group
+
+    def forward(self, recon: Tensor, target: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
+                log_scale: Scalar = 0.0) -> "F_.TCVAELoss":
+        return F_.beta_tcvae_loss(recon, target, z, mu, logvar, dataset_size=self.dataset_size, alpha=self.alpha,
+                                  beta=self.beta, gamma=self.gamma, likelihood=self.likelihood, log_scale=log_scale,
+                                  estimator=self.estimator, reduction=self.reduction,
+                                  process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        return (f"dataset_size={self.dataset_size}, alpha={_format_scalar(self.alpha)}, "
+                f"beta={_format_scalar(self.beta)}, gamma={_format_scalar(self.gamma)}, "
+                f"likelihood={self.likelihood!r}, estimator={self.estimator!r}, reduction={self.reduction!r}")
 
 
 class LatentOutput(NamedTuple):

@@ -142,3 +142,20 @@ def test_beta_tcvae_loss_combines_the_terms(backend):
     torch.testing.assert_close(out.rate.detach().cpu(), R.gaussian_kl(mu.detach().cpu(), lv.detach().cpu()))
     out.loss.backward()
     assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in (recon, z, mu, lv))
+
+
+def test_the_module_is_the_function():
+    from fastvae.nn import BetaTCVAELoss
+
+    z, mu, lv = _inputs(5, 3, 21)
+    g = torch.Generator().manual_seed(3)
+    recon, target = torch.randn(5, 7, generator=g, dtype=F64), torch.rand(5, 7, generator=g, dtype=F64)
+    module = BetaTCVAELoss(dataset_size=50, alpha=0.5, beta=4.0, gamma=2.0, estimator="mws")
+    a = module(recon, target, z, mu, lv)
+    b = fv.beta_tcvae_loss(recon, target, z, mu, lv, dataset_size=50, alpha=0.5, beta=4.0, gamma=2.0,
+                           estimator="mws")
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+    assert "estimator='mws'" in repr(module)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        BetaTCVAELoss(dataset_size=50, estimator="dense")

@@ -156,7 +156,7 @@ def _torch_backward(z, mu, logvar, row0, n_data, mss, lse, lsem, g, h):
             gz[i0:i1] -= cd.sum(2)
             gmu[:, j0:j1] += cd.sum(0)
             glv[:, j0:j1] += 0.5 * (cd.mul_(d).sum(0) - c.sum(0))
-    return gz, gmu.t(), glv.t()
+    return gz, gmu.t().contiguous(), glv.t().contiguous()
 
 
 class _LogDensities(torch.autograd.Function):
