@@ -8,6 +8,7 @@ implementation of the same math (see ``FASTVAE_BACKEND``).
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple, Optional, Union
 
@@ -22,7 +23,8 @@ from .ops.reduction import NONE, REDUCTIONS
 __all__ = [
     "VAELoss", "reparameterize", "gaussian_kl", "reparameterize_kl", "bernoulli_nll",
     "gaussian_nll", "mse", "laplace_nll", "continuous_bernoulli_nll", "beta_vae_loss", "TCTerms", "TCVAELoss",
-    "tc_decomposition", "beta_tcvae_loss",
+    "tc_decomposition", "beta_tcvae_loss", "ImportanceSamples", "IWAELoss", "reparameterize_log_weights",
+    "iwae_bound", "iwae_loss",
 ]
 
 LIKELIHOODS = tuple(KINDS)
@@ -87,7 +89,7 @@ def _check_scalar(name: str, value, device: torch.device) -> Scalar:
     return float(value)
 
 
-def _check_log_scale(log_scale, target: Tensor) -> tuple[Optional[Tensor], float]:
+def _check_log_scale(log_scale, target: Tensor, what: str = "the target's") -> tuple[Optional[Tensor], float]:
     """(tensor or None, float value) for the op; a float log_scale travels as the value."""
     if type(log_scale) is float:
         return None, log_scale
@@ -96,11 +98,11 @@ def _check_log_scale(log_scale, target: Tensor) -> tuple[Optional[Tensor], float
             raise TypeError(f"log_scale must be a floating-point tensor, got dtype {log_scale.dtype}")
         if log_scale.dim() != 0 and log_scale.shape != target.shape:
             raise ValueError(
-                "log_scale must be a float, a 0-dim tensor, or a tensor of the target's shape "
+                f"log_scale must be a float, a 0-dim tensor, or a tensor of {what} shape "
                 f"{tuple(target.shape)}, got a tensor of shape {tuple(log_scale.shape)}"
             )
         if log_scale.device != target.device:
-            raise ValueError(f"log_scale must be on the same device as target: expected {target.device}, "
+            raise ValueError(f"log_scale must be on the same device as {what[:-2]}: expected {target.device}, "
                              f"got {log_scale.device}")
         return log_scale, 0.0
     if isinstance(log_scale, bool) or not isinstance(log_scale, numbers.Real):
@@ -245,12 +247,39 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, 
 # ----------------------------------------------------------------------------- likelihoods
 
 
+def _broadcast_lead(target, input_name: str, input: Tensor) -> Optional[tuple[int, ...]]:
+    """None when target has input's shape; the leading sample dims of input when target is broadcast
+    over them (input (k, B, ...), target (B, ...)); a clear error otherwise."""
+    _check_tensor("target", target)
+    if target.device != input.device:
+        raise ValueError(f"target must be on the same device as {input_name}: expected {input.device}, "
+                         f"got {target.device}")
+    if target.shape == input.shape:
+        return None
+    n = input.dim() - target.dim()
+    if n > 0 and input.shape[n:] == target.shape:
+        return tuple(input.shape[:n])
+    raise ValueError(
+        f"target must have the shape of {input_name} {tuple(input.shape)}, or its trailing dims (a target "
+        f"broadcast over leading sample dims, e.g. {input_name} (k, B, ...) and target (B, ...)), "
+        f"got {tuple(target.shape)}"
+    )
+
+
 def _nll(kind: str, input_name: str, input: Tensor, target: Tensor, log_scale, reduction: str) -> Tensor:
     _check_tensor(input_name, input)
-    _check_like("target", target, input_name, input)
+    lead = _broadcast_lead(target, input_name, input)
     red = _check_reduction(reduction)
-    ls_tensor, ls_value = _check_log_scale(log_scale, target)
-    return _loss(input, target, ls_tensor, ls_value, KINDS[kind], red)
+    if lead is None:
+        ls_tensor, ls_value = _check_log_scale(log_scale, target)
+        return _loss(input, target, ls_tensor, ls_value, KINDS[kind], red)
+    # Broadcast: x's leading dims flattened into its rows (a view), the target read in place by row modulo.
+    ls_tensor, ls_value = _check_log_scale(log_scale, input, what=f"{input_name}'s")
+    rows = input.reshape((-1,) + tuple(target.shape[1:]))
+    if ls_tensor is not None and ls_tensor.dim():
+        ls_tensor = ls_tensor.reshape(rows.shape)
+    out = _loss(rows, target, ls_tensor, ls_value, KINDS[kind], red)
+    return out.reshape(lead + (target.shape[0],)) if red == NONE else out
 
 
 def bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
@@ -506,3 +535,103 @@ def beta_tcvae_loss(recon: Tensor, target: Tensor, z: Tensor, mu: Tensor, logvar
     rate = gaussian_kl(mu, logvar, reduction=reduction)
     loss = distortion + weights[0] * terms.mi + weights[1] * terms.tc + weights[2] * terms.dwkl
     return TCVAELoss(loss, distortion, rate, *terms)
+
+
+# ----------------------------------------------------------------------------- importance sampling (IWAE)
+
+
+class ImportanceSamples(NamedTuple):
+    """``z`` ``(k, B, *)``: k samples of each posterior; ``log_ratio`` ``(k, B)``: log p(z) - log q(z | x)."""
+
+    z: Tensor
+    log_ratio: Tensor
+
+
+class IWAELoss(NamedTuple):
+    """``loss`` the negative IWAE bound; ``distortion`` and ``rate`` its two parts averaged over the k samples
+    (the sampled NLL and log q(z|x) - log p(z)): with k = 1, ``loss = distortion + rate``, the sampled ELBO."""
+
+    loss: Tensor
+    distortion: Tensor
+    rate: Tensor
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an int (the number of importance samples), got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (the number of importance samples), got {k}")
+    return int(k)
+
+
+def reparameterize_log_weights(mu: Tensor, logvar: Tensor, k: int, *,
+                               generator: Optional[torch.Generator] = None) -> ImportanceSamples:
+    r"""k reparameterized samples of each posterior N(mu, exp(logvar)) and their log importance ratios.
+
+    ``z[s] = mu + exp(logvar / 2) * eps[s]`` with noise generated in the kernel (never stored, regenerated in
+    backward), and in the same pass ``log_ratio[s, b] = log N(z[s, b]; 0, I) - log N(z[s, b]; mu_b,
+    exp(logvar_b))`` = :math:`\tfrac12 \sum_j (\epsilon^2 - z^2 + \text{logvar})`.  With the decoder's
+    log-likelihood of each sample, ``log_ratio - nll`` are the IWAE log weights (:func:`iwae_bound`,
+    :func:`iwae_loss`).  The noise of sample s, row b is ``reparameterize``'s for row ``s * B + b`` of a
+    ``(k B, *)`` input and the same seed.
+
+    Returns:
+        ``ImportanceSamples(z, log_ratio)``: z ``(k, *mu.shape)`` in mu's dtype, log_ratio ``(k, B)`` in
+        float32 (float64 for float64 inputs).  Gradients flow to mu and logvar through both.
+    """
+    _check_latent(mu, logvar)
+    k = _check_k(k)
+    _check_generator(generator, mu.device)
+    from .ops.iwae import log_weights
+
+    return ImportanceSamples(*log_weights(mu, logvar, draw_seed(mu.device, generator), k))
+
+
+def iwae_bound(log_weights: Tensor, *, reduction: str = "mean") -> Tensor:
+    r"""The importance-weighted bound of Burda et al. 2016 from ``(k, B)`` log weights
+    :math:`\log w_{s,b} = \log p(x_b, z_{s,b}) - \log q(z_{s,b} | x_b)`:
+
+    .. math:: \mathcal{L}_k(x_b) = \log \frac1k \sum_s w_{s,b} = \operatorname{logsumexp}_s \log w_{s,b} - \log k
+
+    stable for weights of any size; k = 1 is the sampled ELBO.  Its gradient weights each sample by its
+    normalized weight (softmax over s), as autograd of the log-sum-exp gives it: nothing to detach.
+    ``reduction`` over the batch: ``'mean'``, ``'sum'`` or ``'none'`` (shape ``(B,)``).  A lower bound of
+    log p(x) (to maximize; the loss is its negative).
+    """
+    _check_tensor("log_weights", log_weights)
+    if log_weights.dim() != 2:
+        raise ValueError(f"log_weights must be (k, B): k samples of each of B data points, got shape "
+                         f"{tuple(log_weights.shape)}")
+    if log_weights.shape[0] == 0:
+        raise ValueError("log_weights must hold at least one sample (k >= 1), got k = 0")
+    red = _check_reduction(reduction)
+    bound = torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])
+    return bound if red == NONE else _reduce_rows(bound, reduction)
+
+
+def iwae_loss(recon: Tensor, target: Tensor, log_ratio: Tensor, *, likelihood: str = "bernoulli",
+              log_scale: Scalar = 0.0, reduction: str = "mean") -> IWAELoss:
+    """The IWAE objective to minimize, ``-iwae_bound(log_ratio - nll)``: ``recon`` the decoder's output for
+    the ``(k, B, *)`` samples of :func:`reparameterize_log_weights` (``(k, B, *target.shape[1:])``),
+    ``target`` ``(B, *)`` read in place for every sample, ``log_ratio`` ``(k, B)``.  ``likelihood`` and
+    ``log_scale`` as in :func:`beta_vae_loss`.  The two lines it stands for::
+
+        nll = fastvae.bernoulli_nll(recon, x, reduction='none')          # (k, B)
+        loss = -fastvae.iwae_bound(log_ratio - nll)
+    """
+    if likelihood not in KINDS:
+        raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
+    _check_tensor("recon", recon)
+    _check_tensor("log_ratio", log_ratio)
+    if log_ratio.dim() != 2 or recon.dim() < 2 or tuple(log_ratio.shape) != tuple(recon.shape[:2]):
+        raise ValueError(f"log_ratio must be (k, B) = recon.shape[:2] = {tuple(recon.shape[:2])}, got shape "
+                         f"{tuple(log_ratio.shape)}")
+    if likelihood in ("bernoulli", "mse", "continuous_bernoulli") and (isinstance(log_scale, Tensor)
+                                                                      or log_scale != 0.0):
+        raise ValueError(f"log_scale applies to the 'gaussian' and 'laplace' likelihoods, not {likelihood!r}")
+    if target.dim() != recon.dim() - 1:
+        raise ValueError(f"target must be (B, *) = recon.shape[1:] = {tuple(recon.shape[1:])} (one target for the "
+                         f"k samples), got shape {tuple(target.shape)}")
+    nll = _nll(likelihood, _NLL_INPUT_NAMES[likelihood], recon, target, log_scale, "none")
+    bound = iwae_bound(log_ratio.to(nll.dtype) - nll, reduction=reduction)
+    return IWAELoss(-bound, _reduce_rows(nll.mean(0), reduction), _reduce_rows(-log_ratio.mean(0), reduction))

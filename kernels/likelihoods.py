@@ -43,6 +43,10 @@ one launch serves the whole loss.  Two modes:
 Rows with g_r exactly 1 are skipped by a branch on the tile's values, not by predication, so after
 ``loss.backward()`` on a mean or a sum (g = 1) the kernel reads one scalar per program and exits.
 The grid is persistent: ``num_programs`` programs walk the (row block, split) tiles with a stride.
+
+T_MOD: the target has ``t_rows`` rows and x a multiple of them (x's rows are k importance samples of each
+target row, sample-major): row r of x reads target row r mod t_rows, from the same memory, so an IWAE
+likelihood reads s_t bytes per target element once per sample without a (k, B, D) copy ever existing.
 """
 import triton
 import triton.language as tl
@@ -196,16 +200,28 @@ def _scalar_log_scale(ls_ptr, ls_value, LS_MODE: tl.constexpr, FP64: tl.constexp
 
 
 @triton.jit
+def _target_rows(rows2, t_rows, T_MOD: tl.constexpr):
+    """The target row of each row of x: itself, or (T_MOD) itself mod t_rows (a broadcast target)."""
+    if T_MOD:
+        out = rows2 % t_rows
+    else:
+        out = rows2
+    return out
+
+
+@triton.jit
 def nll_forward_kernel(
     x_ptr, t_ptr, ls_ptr, loss_ptr, gx_ptr, gls_ptr,
-    B, D, x_stride, t_stride, ls_stride, split_cols, n_split, ls_value, grad_div,
+    B, D, x_stride, t_stride, ls_stride, split_cols, n_split, ls_value, grad_div, t_rows,
     KIND: tl.constexpr, LS_MODE: tl.constexpr, GRAD_X: tl.constexpr, GRAD_LS: tl.constexpr,
     FP64: tl.constexpr, EVEN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    T_MOD: tl.constexpr = False,
 ):
     """Per-(row, split) partial loss sums and, in the same pass, the gradient buffers.  EVEN: every tile is
     whole (B, D and split_cols multiples of the tile), so no element is masked."""
     rows, row_mask = tile_rows(B, BLOCK_R)
     rows2 = rows[:, None]
+    t_rows2 = _target_rows(rows2, t_rows, T_MOD)
     col_start, col_end = tile_columns(D, split_cols)
     # per-row sums, added up one tile at a time: no accumulator the size of the tile to zero and reduce
     acc = to_compute(tl.zeros((BLOCK_R,), dtype=tl.float32), FP64)
@@ -217,7 +233,7 @@ def nll_forward_kernel(
         mask = row_mask[:, None] & (cols < col_end)[None, :]
         cols2 = cols[None, :]
         x = load_tile(x_ptr, rows2, x_stride, cols2, mask, FP64, EVEN)
-        t = load_tile(t_ptr, rows2, t_stride, cols2, mask, FP64, EVEN)
+        t = load_tile(t_ptr, t_rows2, t_stride, cols2, mask, FP64, EVEN)
         s = _log_scale(ls_ptr, rows2, ls_stride, cols2, mask, s_scalar, LS_MODE, FP64, EVEN)
         loss, grad, grad_s = _terms(x, t, s, KIND, GRAD_X, FP64, x_ptr.dtype.element_ty.primitive_bitwidth == 16)
         acc += masked_row_sum(loss, mask, EVEN)
@@ -236,9 +252,9 @@ def nll_forward_kernel(
 @triton.jit
 def _backward_tile(
     x_ptr, t_ptr, ls_ptr, gx_ptr, gls_ptr, rows, active, g, s_scalar, per_div,
-    D, x_stride, t_stride, ls_stride, col_start, col_end,
+    D, x_stride, t_stride, ls_stride, col_start, col_end, t_rows,
     KIND: tl.constexpr, LS_MODE: tl.constexpr, GRAD_X: tl.constexpr, GRAD_LS: tl.constexpr,
-    RECOMPUTE: tl.constexpr, FP64: tl.constexpr, BLOCK_D: tl.constexpr,
+    RECOMPUTE: tl.constexpr, FP64: tl.constexpr, BLOCK_D: tl.constexpr, T_MOD: tl.constexpr,
 ):
     """One (row block, split) tile of backward: the gradient buffers times g (per row or one value)."""
     rows2 = rows[:, None]
@@ -249,7 +265,7 @@ def _backward_tile(
         out = rows2 * D + cols2
         if RECOMPUTE:
             x = load_tile(x_ptr, rows2, x_stride, cols2, mask, FP64)
-            t = load_tile(t_ptr, rows2, t_stride, cols2, mask, FP64)
+            t = load_tile(t_ptr, _target_rows(rows2, t_rows, T_MOD), t_stride, cols2, mask, FP64)
             s = _log_scale(ls_ptr, rows2, ls_stride, cols2, mask, s_scalar, LS_MODE, FP64)
             _, grad, grad_s = _terms(x, t, s, KIND, True, FP64, x_ptr.dtype.element_ty.primitive_bitwidth == 16)
             if GRAD_X:
@@ -269,10 +285,10 @@ def _backward_tile(
 def nll_backward_kernel(
     x_ptr, t_ptr, ls_ptr, gx_ptr, gls_ptr, g_ptr, coef_ptr, grate_ptr, s_sum_ptr, gs_ptr,
     B, D, x_stride, t_stride, ls_stride, g_stride, coef_stride, split_cols, n_split, n_tiles,
-    ls_value, grad_div,
+    ls_value, grad_div, t_rows,
     KIND: tl.constexpr, LS_MODE: tl.constexpr, GRAD_X: tl.constexpr, GRAD_LS: tl.constexpr,
     RECOMPUTE: tl.constexpr, HAS_RATE: tl.constexpr, SCALAR_GS: tl.constexpr, G_SCALAR: tl.constexpr,
-    FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, T_MOD: tl.constexpr = False,
 ):
     """Backward of the likelihood (and of the rate term): see the module docstring.
 
@@ -300,8 +316,8 @@ def nll_backward_kernel(
                     col_start = (tile - block * n_split).to(tl.int64) * split_cols
                     _backward_tile(x_ptr, t_ptr, ls_ptr, gx_ptr, gls_ptr, rows, rows < B, g, s_scalar, per_div,
                                    D, x_stride, t_stride, ls_stride, col_start,
-                                   tl.minimum(col_start + split_cols, D),
-                                   KIND, LS_MODE, GRAD_X, GRAD_LS, RECOMPUTE, FP64, BLOCK_D)
+                                   tl.minimum(col_start + split_cols, D), t_rows,
+                                   KIND, LS_MODE, GRAD_X, GRAD_LS, RECOMPUTE, FP64, BLOCK_D, T_MOD)
     else:
         for tile in range(pid, n_tiles, step):
             block = tile // n_split
@@ -318,5 +334,5 @@ def nll_backward_kernel(
                     col_start = split.to(tl.int64) * split_cols
                     _backward_tile(x_ptr, t_ptr, ls_ptr, gx_ptr, gls_ptr, rows, active, g[:, None], s_scalar,
                                    per_div, D, x_stride, t_stride, ls_stride, col_start,
-                                   tl.minimum(col_start + split_cols, D),
-                                   KIND, LS_MODE, GRAD_X, GRAD_LS, RECOMPUTE, FP64, BLOCK_D)
+                                   tl.minimum(col_start + split_cols, D), t_rows,
+                                   KIND, LS_MODE, GRAD_X, GRAD_LS, RECOMPUTE, FP64, BLOCK_D, T_MOD)

@@ -92,6 +92,22 @@ def main():
         meta = dict(FP64=dtype == "fp64", BLOCK_R=64, BLOCK_C=32)
         for fn in (fb.kl_column_means_kernel, fb.free_bits_rows_kernel, fb.free_bits_backward_kernel):
             build(fn, ptrs, meta, num_warps=4)
+    iwae = _backend.kernels("iwae")
+    for dtype in ("fp32", "bf16", "fp64"):
+        ptrs = {"*": f"*{dtype}", "seed_ptr": "*i64", "lr_ptr": "*fp64" if dtype == "fp64" else "*fp32",
+                "glr_ptr": "*fp32"}
+        build(iwae.log_weights_forward_kernel, ptrs, dict(FP64=dtype == "fp64", BLOCK_R=4, BLOCK_D=512), num_warps=4)
+        for gz, glr in ((True, True), (True, False), (False, True)):
+            build(iwae.log_weights_backward_kernel, ptrs, dict(HAS_GZ=gz, HAS_GLR=glr, FP64=dtype == "fp64",
+                                                               BLOCK_R=4, BLOCK_D=512), num_warps=4)
+    for dtype in ("fp32", "bf16"):
+        ptrs = {"*": f"*{dtype}", "loss_ptr": "*fp32", "ls_ptr": "*fp32", "gls_ptr": "*fp32", "g_ptr": "*fp32",
+                "coef_ptr": "*fp32", "grate_ptr": "*fp32", "s_sum_ptr": "*fp32", "gs_ptr": "*fp32"}
+        build(lik.nll_forward_kernel, ptrs, dict(KIND=0, LS_MODE=0, GRAD_X=True, GRAD_LS=False, FP64=False,
+                                                 EVEN=False, BLOCK_R=1, BLOCK_D=4096, T_MOD=True), num_warps=4)
+        build(lik.nll_backward_kernel, ptrs, dict(KIND=0, LS_MODE=0, GRAD_X=True, GRAD_LS=False, RECOMPUTE=True,
+                                                  HAS_RATE=False, SCALAR_GS=False, G_SCALAR=False, FP64=False,
+                                                  BLOCK_R=1, BLOCK_D=4096, T_MOD=True), num_warps=4)
     return 0
 
 

@@ -250,3 +250,33 @@ def free_bits_kl(mu, logvar, free_bits, mode="dim", *, reduction: str = "mean"):
     else:
         per_sample = torch.clamp_min(kl.sum(1), lam)
     return reduce(per_sample, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# importance sampling
+
+
+def log_ratio(z, mu, logvar):
+    """log N(z; 0, I) - log N(z; mu, exp(logvar)) per sample: z (k, B, ...), mu and logvar (B, ...) -> (k, B)."""
+    z, mu, logvar = f64(z), f64(mu), f64(logvar)
+    log_p = -0.5 * (z * z + LOG_2PI)
+    log_q = -0.5 * ((z - mu) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
+    return (log_p - log_q).flatten(2).sum(2)
+
+
+def iwae_bound(log_weights, *, reduction: str = "mean"):
+    """log (1/k) sum_s exp(log_weights[s]) per data point, written as the shifted sum."""
+    lw = f64(log_weights)
+    top = lw.max(0).values
+    return reduce(top + torch.log(torch.exp(lw - top).sum(0)) - math.log(lw.shape[0]), reduction)
+
+
+def linear_gaussian_log_px(x, weight, bias, sigma):
+    """log N(x; b, W W^T + sigma^2 I): the marginal of z ~ N(0, I), x | z ~ N(W z + b, sigma^2 I)."""
+    x, weight, bias = f64(x), f64(weight), f64(bias)
+    d = weight.shape[0]
+    cov = weight @ weight.T + float(sigma) ** 2 * torch.eye(d, dtype=F64, device=weight.device)
+    diff = x - bias
+    _, logdet = torch.linalg.slogdet(cov)
+    maha = (diff * torch.linalg.solve(cov, diff.T).T).sum(1)
+    return -0.5 * (maha + logdet + d * LOG_2PI)

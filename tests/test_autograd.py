@@ -188,6 +188,17 @@ def _sample_args():
                 objective.append((t(3, 4, seed=6, rg=False), target, None, 0.7, None, None, 1.0, None, 0.0, False,
                                   kind, red, False, False))
     s["objective_forward"] = objective
+    s["log_weights_forward"] = [
+        (t(3, 5, seed=1), t(3, 5, seed=2), seed, 4),
+        (t(2, 3, 4, seed=1), t(2, 3, 4, seed=2), seed, 1),
+        (t(4, 6, seed=1, rg=False).double(), t(4, 6, seed=2, rg=False).double(), seed, 3),
+    ]
+    s["log_weights_backward"] = [
+        (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), seed, 2, t(2, 3, 5, seed=3, rg=False),
+         t(2, 3, seed=4, rg=False)),
+        (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), seed, 2, None, t(2, 3, seed=4, rg=False)),
+        (t(3, 5, seed=1, rg=False), t(3, 5, seed=2, rg=False), seed, 2, t(2, 3, 5, seed=3, rg=False), None),
+    ]
     return s
 
 

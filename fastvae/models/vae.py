@@ -177,6 +177,23 @@ class VAE(nn.Module):
         return F_.beta_vae_loss(recon, x, rate=rate, beta=beta, likelihood=likelihood, log_scale=log_scale,
                                 capacity=capacity, reduction=reduction)
 
+    def iwae_loss(self, x: Tensor, *, k: int = 5, reduction: str = "mean",
+                  generator: Optional[torch.Generator] = None) -> "F_.IWAELoss":
+        """The IWAE objective of ``x`` with ``k`` importance samples (see :func:`fastvae.iwae_loss`): ``x`` encoded
+        once, the ``(k, B)`` samples and log ratios drawn in one pass (:func:`fastvae.reparameterize_log_weights`),
+        decoded as one ``(k B, latent_dim)`` batch, and the target read in place for every sample.  k = 1 is the
+        sampled ELBO."""
+        mu, logvar = self.encode(x)
+        z, log_ratio = F_.reparameterize_log_weights(mu, logvar, k, generator=generator)
+        recon = self.decode(z.reshape(-1, self.latent_dim))
+        expected = (z.shape[0] * x.shape[0],) + tuple(x.shape[1:])
+        if recon.shape != expected:
+            raise ValueError(f"decoder output: expected {expected} for {z.shape[0]} samples of the input's shape "
+                             f"{tuple(x.shape)}, got {tuple(recon.shape)}")
+        learned = self.log_scale is not None and self.likelihood in _SCALED_LIKELIHOODS
+        return F_.iwae_loss(recon.reshape((z.shape[0],) + tuple(x.shape)), x, log_ratio, likelihood=self.likelihood,
+                            log_scale=self.log_scale if learned else 0.0, reduction=reduction)
+
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n`` samples decoded from the prior ``z ~ N(0, I)``, as data means (probabilities for

@@ -78,9 +78,9 @@ def _triton_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, 
     _backend.kernels("likelihoods").nll_forward_kernel[tiles.grid](
         x2, t2, ls2 if ls2 is not None else x2, parts, gx if grad_x else x2, gls if grad_ls else x2,
         B, D, _backend.row_stride(x2), _backend.row_stride(t2), _backend.row_stride(ls2) if kmode == LS_ELEMENT else 0,
-        tiles.split_cols, tiles.n_split, float(log_scale_value), grad_div,
+        tiles.split_cols, tiles.n_split, float(log_scale_value), grad_div, t2.shape[0],
         KIND=kind, LS_MODE=kmode, GRAD_X=grad_x, GRAD_LS=grad_ls, FP64=fp64, EVEN=tiles.even,
-        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
+        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, T_MOD=t2.shape[0] != B, num_warps=tiles.num_warps,
     )
     return parts, gx, gls
 
@@ -112,10 +112,10 @@ def _triton_backward(x, target, log_scale, log_scale_value, kind, grad_div, gx, 
         s_total if gs is not None else x2, gs if gs is not None else x2,
         B, D, _backend.row_stride(x2), _backend.row_stride(t2), _backend.row_stride(ls2) if kmode == LS_ELEMENT else 0,
         g.stride(0) if per_row else 0, (coef.stride(0) if coef.dim() else 0) if coef is not None else 0,
-        tiles.split_cols, tiles.n_split, tiles.n_tiles, float(log_scale_value), grad_div,
+        tiles.split_cols, tiles.n_split, tiles.n_tiles, float(log_scale_value), grad_div, t2.shape[0],
         KIND=kind, LS_MODE=kmode, GRAD_X=gx is not None, GRAD_LS=element_ls, RECOMPUTE=recompute,
         HAS_RATE=coef is not None, SCALAR_GS=gs is not None, G_SCALAR=not per_row, FP64=fp64,
-        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
+        BLOCK_R=tiles.block_r, BLOCK_D=tiles.block_d, T_MOD=t2.shape[0] != B, num_warps=tiles.num_warps,
     )
     if s_total is not None and per_row:
         gs = torch.dot(g.to(dtype), s_total)
@@ -157,26 +157,31 @@ def _fused_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
 
 
 def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale=None):
-    if _cpu_fused.enabled(x):
+    broadcast = target.shape[0] != x.shape[0]
+    if _cpu_fused.enabled(x) and not broadcast:
         fused = _fused_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale)
         if fused is not None:
             return fused
     # Eager: written for few passes over memory (each torch op is one): row sums of squares go
     # through vecdot, temporaries are updated in place, and nothing is built with torch.where.
+    # A broadcast target (x's rows k samples of each of its Bt rows) stays (Bt, D): x is viewed as
+    # (k, Bt, D) and the ops broadcast, so no copy of the target is made here either.
     B, D = x.shape[0], math.prod(x.shape[1:])
     dtype = _backend.compute_dtype(x, target, log_scale)
-    xx = _rows_view(x if x.dtype == dtype else x.to(dtype), B, D)
-    tt = _rows_view(target if target.dtype == dtype else target.to(dtype), B, D)
+    Bt = target.shape[0]
+    xx = x if x.dtype == dtype else x.to(dtype)
+    tt = _rows_view(target if target.dtype == dtype else target.to(dtype), Bt, D)
+    xx = xx.reshape(B // Bt, Bt, D) if broadcast else _rows_view(xx, B, D)
     mode = ls_mode(log_scale)
     inv_div = 1.0 / grad_div
     if grad_scale is not None:  # backward's grad_output, folded in before rounding to x's dtype
-        inv_div = grad_scale.to(dtype).reshape((-1, 1) if grad_scale.dim() else ()) * inv_div
+        inv_div = grad_scale.to(dtype).reshape(xx.shape[:-1] + (1,) if grad_scale.dim() else ()) * inv_div
     gx = gls = None
     if kind == 0:
         # softplus(x) - x t  ==  max(x, 0) - x t + log1p(exp(-|x|)), stable for any logit (torch's
         # softplus returns x itself beyond x = 20, where log1p(exp(-x)) < 2.1e-9 is below x's ulp).
         buf = F.softplus(xx).addcmul_(xx, tt, value=-1.0)
-        rows = buf.sum(1)
+        rows = buf.sum(-1)
         if grad_x:
             # The loss buffer is ours and spent: the gradient reuses its memory.
             gx = torch.sigmoid(xx, out=buf).sub_(tt)
@@ -186,7 +191,7 @@ def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
         e = torch.exp(-xx.abs())
         log_c, dlog_c = _cpu_fused.cb_log_norm(xx, e)
         buf = F.softplus(xx).addcmul_(xx, tt, value=-1.0).sub_(log_c)
-        rows = buf.sum(1)
+        rows = buf.sum(-1)
         if grad_x:
             gx = torch.sigmoid(xx, out=buf).sub_(tt).sub_(dlog_c)
             if not isinstance(inv_div, float) or inv_div != 1.0:
@@ -197,18 +202,18 @@ def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
         if grad_x:
             gx = diff.mul_(2.0 * inv_div)
     elif mode == LS_ELEMENT:
-        s = log_scale.to(dtype).reshape(B, D)
+        s = log_scale.to(dtype).reshape(xx.shape)
         inv_sigma = torch.exp(-s)
         d = (xx - tt).mul_(inv_sigma)
         if kind == 1:
-            rows = 0.5 * torch.linalg.vecdot(d, d) + s.sum(1) + D * _cpu_fused.HALF_LOG_2PI
+            rows = 0.5 * torch.linalg.vecdot(d, d) + s.sum(-1) + D * _cpu_fused.HALF_LOG_2PI
             if grad_ls:
                 gls = torch.addcmul(torch.ones_like(d), d, d, value=-1.0).mul_(inv_div)
             if grad_x:
                 gx = d.mul_(inv_sigma).mul_(inv_div)
         else:
             a = d.abs()
-            rows = a.sum(1) + s.sum(1) + D * _cpu_fused.LOG_2
+            rows = a.sum(-1) + s.sum(-1) + D * _cpu_fused.LOG_2
             if grad_ls:
                 gls = a.neg_().add_(1.0).mul_(inv_div)
             if grad_x:
@@ -226,7 +231,7 @@ def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
             if grad_x:
                 gx = d.mul_(inv_sigma * inv_div)
         else:
-            scaled = diff.abs().sum(1) * inv_sigma
+            scaled = diff.abs().sum(-1) * inv_sigma
             rows = scaled + D * (s + _cpu_fused.LOG_2)
             if grad_ls:
                 gls = D - scaled             # per-row sums of 1 - |x - t| / b
@@ -234,6 +239,10 @@ def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
                 gx = torch.sign(diff).mul_(inv_sigma * inv_div)
     if rows.dim() == 0:  # a per-row constant with D == 0 rows: keep the (B,) shape
         rows = rows.expand(B)
+    elif broadcast:
+        rows = rows.reshape(B)
+        if gls is not None and mode != LS_ELEMENT:
+            gls = gls.reshape(B)
     if gx is not None:
         gx = gx if gx.dtype == x.dtype else gx.to(x.dtype)
         if gx.shape != x.shape:

@@ -57,6 +57,20 @@ def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     return a if b is None else a + b
 
 
+def _fold(grad: Tensor, target: Tensor) -> Tensor:
+    """The gradient of a target broadcast over x's leading samples: summed over them."""
+    if target.shape[0] == grad.shape[0]:
+        return grad
+    return grad.reshape((-1,) + tuple(target.shape)).sum(0)
+
+
+def expand_target(target: Tensor, x: Tensor) -> Tensor:
+    """A broadcast target copied to x's rows (for the eager formulas, which do not broadcast rows)."""
+    if target.shape[0] == x.shape[0]:
+        return target
+    return target.repeat((x.shape[0] // target.shape[0],) + (1,) * (target.dim() - 1))
+
+
 def _input_grads(needs, x, target, log_scale, rate, beta, capacity, cfg, gx, gls, gs, g_x, grate, g_loss, dtype):
     """The gradient tuple of the inputs (x, target, log_scale, rate, beta, capacity) from the
     scaled buffers and the grad_outputs."""
@@ -69,9 +83,9 @@ def _input_grads(needs, x, target, log_scale, rate, beta, capacity, cfg, gx, gls
             grad_in = gx
         if needs[1]:
             if kind in L.LOGIT_KINDS:  # d/dt of max(x,0) - x t + log1p(exp(-|x|)) (- log C(x)) is -x
-                grad_t = (-x.to(dtype) * _per_row(g_x / div, x)).to(target.dtype)
+                grad_t = _fold(-x.to(dtype) * _per_row(g_x / div, x), target).to(target.dtype)
             else:
-                grad_t = (-gx).to(target.dtype)
+                grad_t = _fold(-gx, target).to(target.dtype)
         if needs[2] and grad_ls:
             grad_ls_out = gls if log_scale.dim() else gs.to(log_scale.dtype)
     if needs[3] and grate is not None:
@@ -100,7 +114,7 @@ def _higher_order(ctx, g_loss, g_dist, g_rate):
     wrt = [i for i, (t, need) in enumerate(zip(inputs, ctx.needs_input_grad[:6])) if need and t is not None]
     with torch.enable_grad():
         s = log_scale.to(dtype) if log_scale is not None else ls_value
-        rows = eager.nll_rows(KIND_NAMES[kind], x.to(dtype), target.to(dtype), s)
+        rows = eager.nll_rows(KIND_NAMES[kind], x.to(dtype), expand_target(target, x).to(dtype), s)
         if rate is None:
             outs = (eager.reduce(rows, red),)
         else:
