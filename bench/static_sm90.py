@@ -351,11 +351,13 @@ def _latent_calls(shape, dtype):
 def _likelihood_calls(kind, shape, dtype):
     import fastvae as fv
 
-    fn = {"bernoulli": fv.bernoulli_nll, "gaussian": fv.gaussian_nll, "mse": fv.mse, "laplace": fv.laplace_nll}[kind]
+    from fastvae.ops.likelihoods import KINDS, LOGIT_KINDS
+
+    fn = getattr(fv, "mse" if kind == "mse" else f"{kind}_nll")
 
     def inputs(grad):
         x = _t(shape, dtype, grad)
-        t = _t(shape, dtype, fn=torch.rand) if kind == "bernoulli" else _t(shape, dtype)
+        t = _t(shape, dtype, fn=torch.rand) if KINDS[kind] in LOGIT_KINDS else _t(shape, dtype)
         return x, t
 
     def fwd_grad():
@@ -376,7 +378,6 @@ def _likelihood_calls(kind, shape, dtype):
 
 LATENT_SHAPES = ((16384, 64), (65536, 128))
 LIKELIHOOD_SHAPES = ((16384, 4096), (4096, 12288))
-KINDS = ("bernoulli", "gaussian", "mse", "laplace")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -389,6 +390,8 @@ def variants(only: Optional[str] = None, want_dtype: Optional[str] = None,
         for dtype in DTYPES:
             for op, call in _latent_calls(shape, dtype).items():
                 out.append({"family": "latent", "case": op, "shape": shape, "dtype": dtype, "call": call})
+    from fastvae.ops.likelihoods import KINDS  # every likelihood the kernels know
+
     for kind in KINDS:
         for shape in LIKELIHOOD_SHAPES:
             for dtype in DTYPES:

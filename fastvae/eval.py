@@ -24,7 +24,6 @@ __all__ = ["default_chunk", "log_likelihood", "log_weights"]
 #: Elements of decoder output per chunk when ``chunk`` is not given (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
 
-_SCALED = ("gaussian", "laplace")
 
 
 def default_chunk(k: int, batch: int, sample_numel: int) -> int:
@@ -41,7 +40,7 @@ def _check_model(model) -> None:
 
 def _log_scale(model):
     ls = getattr(model, "log_scale", None)
-    return ls if ls is not None and model.likelihood in _SCALED else 0.0
+    return ls if ls is not None and model.likelihood in F_.SCALED_LIKELIHOODS else 0.0
 
 
 def log_weights(model, x: Tensor, k: int, *, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .ops.latent import draw_seed, latent
-from .ops.likelihoods import KINDS
+from .ops.likelihoods import KINDS, SCALED_LIKELIHOODS
 from .ops.objective import loss as _loss
 from .ops.reduction import NONE, REDUCTIONS
 
@@ -108,6 +108,12 @@ def _check_log_scale(log_scale, target: Tensor, what: str = "the target's") -> t
     if isinstance(log_scale, bool) or not isinstance(log_scale, numbers.Real):
         raise TypeError(f"log_scale must be a float or a tensor, got {type(log_scale).__name__}")
     return None, float(log_scale)
+
+
+def _check_log_scale_applies(likelihood: str, log_scale) -> None:
+    if likelihood not in SCALED_LIKELIHOODS and (isinstance(log_scale, Tensor) or log_scale != 0.0):
+        raise ValueError(f"log_scale applies to the {' and '.join(map(repr, SCALED_LIKELIHOODS))} likelihoods, "
+                         f"not {likelihood!r}")
 
 
 def _check_generator(generator: Optional[torch.Generator], device: torch.device) -> None:
@@ -396,9 +402,7 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
     beta = _check_scalar("beta", beta, recon.device)
     if capacity is not None:
         capacity = _check_scalar("capacity", capacity, recon.device)
-    if likelihood in ("bernoulli", "mse", "continuous_bernoulli") and (isinstance(log_scale, Tensor)
-                                                                      or log_scale != 0.0):
-        raise ValueError(f"log_scale applies to the 'gaussian' and 'laplace' likelihoods, not {likelihood!r}")
+    _check_log_scale_applies(likelihood, log_scale)
     _check_like("target", target, "recon", recon)
     ls_tensor, ls_value = _check_log_scale(log_scale, target)
     floor = _check_free_bits(free_bits, free_bits_mode)
@@ -626,9 +630,7 @@ def iwae_loss(recon: Tensor, target: Tensor, log_ratio: Tensor, *, likelihood: s
     if log_ratio.dim() != 2 or recon.dim() < 2 or tuple(log_ratio.shape) != tuple(recon.shape[:2]):
         raise ValueError(f"log_ratio must be (k, B) = recon.shape[:2] = {tuple(recon.shape[:2])}, got shape "
                          f"{tuple(log_ratio.shape)}")
-    if likelihood in ("bernoulli", "mse", "continuous_bernoulli") and (isinstance(log_scale, Tensor)
-                                                                      or log_scale != 0.0):
-        raise ValueError(f"log_scale applies to the 'gaussian' and 'laplace' likelihoods, not {likelihood!r}")
+    _check_log_scale_applies(likelihood, log_scale)
     if target.dim() != recon.dim() - 1:
         raise ValueError(f"target must be (B, *) = recon.shape[1:] = {tuple(recon.shape[1:])} (one target for the "
                          f"k samples), got shape {tuple(target.shape)}")

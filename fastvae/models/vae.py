@@ -14,7 +14,7 @@ from ..nn import GaussianLatent, _check_likelihood
 __all__ = ["VAE", "VAEOutput"]
 
 # Likelihoods with a scale that ``learn_scale=True`` can learn.
-_SCALED_LIKELIHOODS = ("gaussian", "laplace")
+_SCALED_LIKELIHOODS = F_.SCALED_LIKELIHOODS
 
 
 class VAEOutput(NamedTuple):

@@ -23,6 +23,8 @@ KINDS = {"bernoulli": 0, "gaussian": 1, "mse": 2, "laplace": 3, "continuous_bern
 #: The likelihoods that take logits (their decoder's output is not the data's mean).
 LOGIT_KINDS = (KINDS["bernoulli"], KINDS["continuous_bernoulli"])
 SCALED_KINDS = (KINDS["gaussian"], KINDS["laplace"])
+#: The likelihoods with a scale (a log_scale argument; ``learn_scale=True`` on a model), by name.
+SCALED_LIKELIHOODS = tuple(name for name, kind in KINDS.items() if kind in SCALED_KINDS)
 
 # How the log-scale is given: a Python float, one value in a 0-dim tensor, or one per element.
 LS_FLOAT, LS_SCALAR, LS_ELEMENT = 0, 1, 2
