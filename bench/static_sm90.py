@@ -350,7 +350,6 @@ def _latent_calls(shape, dtype):
 
 def _likelihood_calls(kind, shape, dtype):
     import fastvae as fv
-
     from fastvae.ops.likelihoods import KINDS, LOGIT_KINDS
 
     fn = getattr(fv, "mse" if kind == "mse" else f"{kind}_nll")
