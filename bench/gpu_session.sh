@@ -61,7 +61,8 @@ EOF
     ops="${2:?bench needs OPS, e.g. beta_vae_loss}"
     dtypes="${3:?bench needs DTYPES, e.g. float32}"
     shift 3
-    "$PY" -m fastvae bench --device cuda --ops "$ops" --dtypes "$dtypes" --merge --no-plot --readme none "$@" \
+    "$PY" -m fastvae bench --device cuda --ops "$ops" --dtypes "$dtypes" --update-results --merge --no-plot \
+      --readme none "$@" \
       2>&1 | tee -a "$logdir/bench.log"
     ;;
   report)
@@ -72,7 +73,7 @@ EOF
       exit 2
     fi
     for report in "${reports[@]}"; do
-      "$PY" -m fastvae bench --plot-only "$report" 2>&1 | tee -a "$logdir/report.log"
+      "$PY" -m fastvae bench --plot-only "$report" --update-results 2>&1 | tee -a "$logdir/report.log"
     done
     ;;
   *)

@@ -10,7 +10,7 @@ from . import _openmp
 
 _openmp.set_for_the_command()
 
-from . import eval, models, nn  # noqa: E402  (modules built on the functional API)
+from . import eval, metrics, models, nn  # noqa: E402  (modules built on the functional API)
 from .functional import (  # noqa: E402
     ImportanceSamples,
     IWAELoss,
@@ -38,8 +38,8 @@ __all__ = [
     "VAELoss", "TCTerms", "TCVAELoss", "bernoulli_nll", "continuous_bernoulli_nll", "beta_vae_loss",
     "beta_tcvae_loss", "tc_decomposition", "gaussian_kl", "gaussian_nll",
     "laplace_nll", "mse", "reparameterize", "reparameterize_kl", "ImportanceSamples", "IWAELoss",
-    "reparameterize_log_weights", "iwae_bound", "iwae_loss", "get_backend", "set_backend", "eval", "models", "nn",
-    "__version__",
+    "reparameterize_log_weights", "iwae_bound", "iwae_loss", "get_backend", "set_backend", "eval",
+    "metrics", "models", "nn", "__version__",
 ]
 
 

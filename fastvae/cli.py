@@ -1,5 +1,6 @@
-"""The ``fastvae`` command: ``fastvae train`` (train a VAE, see :mod:`fastvae.train`) and
-``fastvae bench`` (time the fused ops, see :mod:`fastvae.bench`).
+"""The ``fastvae`` command: ``fastvae train`` (train a VAE, see :mod:`fastvae.train`), ``fastvae
+sample`` (a grid of prior samples of a trained run) and ``fastvae bench`` (time the fused ops, see
+:mod:`fastvae.bench`).
 
 ``python -m fastvae ...`` is the same command.  Many GPUs: ``torchrun --nproc-per-node N -m fastvae train ...``.
 """
@@ -27,9 +28,11 @@ examples:
   fastvae train --resume runs/shapes --steps 40000                   # continue (exactly) and extend
   torchrun --nproc-per-node 8 -m fastvae train --batch-size 8192     # DDP; --batch-size is global
 
-Without --steps/--epochs a run trains 3000 steps or 90 s, whichever comes first; --resume continues it.
-The output folder gets checkpoint.pt, metrics.json and PNGs (curves, reconstructions, traversals, samples).
-"""
+Without --steps/--epochs a run trains {steps} steps or {limit:g} s, whichever comes first; --resume continues
+it (with the same time limit per session; --time-limit 0 lifts it).  The output folder gets checkpoint.pt,
+best.pt, metrics.json, metrics.csv, epochs.csv and PNGs (curves, reconstructions, traversals, samples);
+fastvae sample RUN writes more samples, and fastvae.load_model(RUN) gives the model back in Python.
+""".format(steps=tc.DEFAULT_STEPS, limit=tc.DEFAULT_TIME_LIMIT)
 
 
 def _int_at_least(minimum: int, expected: str):
@@ -72,10 +75,23 @@ def _widths(text: str) -> tuple:
     return widths
 
 
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
 def _data_and_model_options(g, d) -> None:
     g.add_argument("--data", metavar="NAME|FILE",
                    help=f"'shapes' (procedural dSprites-like 64x64 sprites), 'digits' (scikit-learn's 8x8 digits) or a "
                         f".npy/.npz file ('file.npz:key' for one array); default {d.data}")
+    g.add_argument("--data-layout", choices=tc.DATA_LAYOUTS,
+                   help="how 4-D arrays are read: auto (default) recognises channels-last images (N, H, W, C) with C "
+                        "in 1, 3, 4 and transposes them to (N, C, H, W)")
+    g.add_argument("--val-fraction", type=_fraction, metavar="X",
+                   help=f"fraction of a finite dataset held out for validation (default {tc.DEFAULT_VAL_FRACTION:g}; "
+                        f"{tc.SHAPES_VAL_SAMPLES} images of shapes); 0: none")
     g.add_argument("--model", choices=tc.MODELS,
                    help="conv (Burgess et al. 2018, 32x32 or 64x64 images) or mlp; default auto: conv when the images "
                         "fit it, else mlp")
@@ -105,9 +121,15 @@ def _objective_options(g, d) -> None:
     g.add_argument("--target-rate", type=_float, metavar="X",
                    help="constrained beta: the KL to hold, in nats per sample")
     g.add_argument("--beta-lr", type=_float, metavar="X",
-                   help=f"constrained beta: step of log(beta) per nat of excess rate (default {d.beta_lr:g})")
+                   help=f"constrained beta: step of log(beta) per unit of error (default {d.beta_lr:g})")
     g.add_argument("--beta-alpha", type=_float, metavar="X",
-                   help="constrained beta: moving average of the constraint, in [0, 1)")
+                   help=f"constrained beta: moving average of the constraint, in [0, 1) (default {d.beta_alpha:g})")
+    g.add_argument("--beta-error", choices=tc.BETA_ERRORS,
+                   help=f"constrained beta: the error the dual ascent follows, log(rate/target) or rate - target "
+                        f"(default {d.beta_error})")
+    g.add_argument("--beta-max-step", type=_float, metavar="X",
+                   help="constrained beta: bound of the change of log(beta) per step"
+                        + (f" (default {d.beta_max_step:g})" if d.beta_max_step else ""))
     g.add_argument("--capacity", type=_float, metavar="X",
                    help="capacity C in nats (Burgess et al. 2018): beta * |rate - C|")
     g.add_argument("--capacity-steps", type=_nonneg_int, metavar="N",
@@ -123,6 +145,18 @@ def _optimization_options(g, d) -> None:
     g.add_argument("--lr", type=_float, metavar="X", help=f"Adam learning rate (default {d.lr:g})")
     g.add_argument("--lr-warmup", type=_nonneg_int, metavar="N",
                    help=f"steps of linear learning-rate warm-up from 0 (default {d.lr_warmup})")
+    g.add_argument("--lr-schedule", choices=tc.LR_SCHEDULES,
+                   help=f"the learning rate after the warm-up: constant, cosine (down to --lr-min at the last step) "
+                        f"or step (x --lr-gamma every --lr-decay-every steps); default {d.lr_schedule}")
+    g.add_argument("--lr-min", type=_float, metavar="X", help=f"cosine: the final learning rate (default {d.lr_min:g})")
+    g.add_argument("--lr-decay-every", type=_positive_int, metavar="N", help="step: steps between decays")
+    g.add_argument("--lr-gamma", type=_float, metavar="X", help=f"step: the factor of a decay (default {d.lr_gamma:g})")
+    g.add_argument("--grad-clip", type=_float, metavar="NORM",
+                   help="clip the gradient's global norm at NORM" + (f" (default {d.grad_clip:g})" if d.grad_clip
+                                                                     else " (default: no clipping)"))
+    g.add_argument("--ema-decay", type=_float, metavar="X",
+                   help="keep an exponential moving average of the weights (e.g. 0.999), used for the held-out "
+                        "numbers, the plots and fastvae.load_model")
     budget = g.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_positive_int, metavar="N",
                         help="training steps (total, counting resumed ones)")
@@ -131,9 +165,9 @@ def _optimization_options(g, d) -> None:
                    help=f"steps per epoch (default: len(data) // batch size; {tc.SHAPES_STEPS_PER_EPOCH} for the "
                         "endless shapes stream)")
     g.add_argument("--time-limit", type=_float, metavar="X",
-                   help=f"stop after this many seconds of training, with a checkpoint (default: "
-                        f"{tc.DEFAULT_TIME_LIMIT:g} s when neither --steps nor --epochs is given, then at most "
-                        f"{tc.DEFAULT_STEPS} steps)")
+                   help=f"stop after this many seconds of training in this session, with a checkpoint; 0: no limit "
+                        f"(default: {tc.DEFAULT_TIME_LIMIT:g} s when neither --steps nor --epochs is given, then at "
+                        f"most {tc.DEFAULT_STEPS} steps; a resumed run keeps the limit it was started with)")
     g.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initialization, data order and noise (default 0)")
 
@@ -143,8 +177,10 @@ def _hardware_options(g, d) -> None:
                    help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each process takes "
                         "cuda:LOCAL_RANK")
     g.add_argument("--amp", choices=tc.AMP_MODES,
-                   help="bf16: run the model under torch.autocast(bfloat16) (default none)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model and loss step")
+                   help="bf16: run the model under torch.autocast(bfloat16); fp16: autocast(float16) with a "
+                        "GradScaler, CUDA only (default none; on the CPU both are slower than float32)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model and loss step (for GPUs: on a CPU it costs tens of seconds)")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
 
 
@@ -156,9 +192,19 @@ def _output_options(g, d) -> None:
     g.add_argument("--overwrite", action="store_true", help="train into a non-empty --out, replacing its results")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                    help=f"steps between checkpoints (default {d.checkpoint_every}; also at the end and on a stop)")
+    g.add_argument("--keep-checkpoints", type=_positive_int, metavar="N",
+                   help="keep the last N checkpoints as checkpoint-<step>.pt besides checkpoint.pt (default 1: "
+                        "checkpoint.pt alone)")
+    g.add_argument("--no-best", dest="keep_best", action="store_false",
+                   help="do not keep best.pt (the checkpoint of the lowest held-out loss)")
     g.add_argument("--log-every", type=_positive_int, metavar="N",
                    help=f"steps between metric readings (default {d.log_every})")
     g.add_argument("--no-plots", dest="plots", action="store_false", help="do not write the PNGs")
+    tb = g.add_mutually_exclusive_group()
+    tb.add_argument("--tensorboard", dest="tensorboard", action="store_true",
+                    help="write TensorBoard logs (default: when tensorboard is installed: pip install "
+                         "fastvae[tensorboard]); metrics.csv and epochs.csv are always written")
+    tb.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
     g.add_argument("--progress", choices=("auto", "bar", "plain"),
                    help="progress bar, plain log lines, or auto: a bar when stdout is a terminal")
 
@@ -181,14 +227,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastvae", description="fastvae: fused Triton kernels for training VAEs.",
         epilog="Run 'fastvae train -h' or 'fastvae bench -h' for the options of a command.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,bench}")
     train = sub.add_parser(
         "train", help="train a VAE (default: a beta-VAE on procedural shapes) and plot what it learned",
         description="Train a VAE with fastvae's fused loss and write checkpoints, metrics.json and plots.",
         epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS)
     add_train_arguments(train)
+    sample = sub.add_parser(
+        "sample", help="write a grid of samples from the prior of a trained run",
+        description="Decode z ~ N(0, I) with the model of a fastvae train run and write the images as one grid "
+                    "(PNG), or the samples as an array (.npy).",
+        epilog="example: fastvae sample runs/20250101-120000 --n 64",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sample_arguments(sample)
     sub.add_parser("bench", help="time fastvae's ops against eager PyTorch and torch.compile", add_help=False)
+    return parser
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fastvae sample``."""
+    parser.add_argument("run", metavar="RUN", help="a run folder of fastvae train, or a checkpoint file")
+    parser.add_argument("--n", type=_positive_int, default=64, metavar="N", help="samples (default 64)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of z (default 0)")
+    parser.add_argument("--out", metavar="FILE",
+                        help="a .png grid or a .npy array (default RUN/samples-<n>-seed<seed>.png)")
+    parser.add_argument("--weights", choices=("auto", "ema", "trained"), default="auto",
+                        help="auto: the moving average of the weights when the run kept one (default)")
+    parser.add_argument("--best", action="store_true", help="the model of best.pt (lowest held-out loss)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     return parser
 
 
@@ -235,6 +302,22 @@ def _run_train(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _run_sample(args: argparse.Namespace) -> int:
+    from .environment import resolve_device
+    from .train import TrainError
+    from .train.sample import write_samples
+
+    try:
+        device = resolve_device(args.device)
+        path = write_samples(args.run, n=args.n, seed=args.seed, out=args.out, weights=args.weights, best=args.best,
+                             device=device)
+    except (TrainError, ValueError) as exc:
+        print(f"fastvae sample: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 def _run_bench(argv: Sequence[str]) -> int:
     try:
         from . import bench
@@ -266,6 +349,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "sample":
+        return _run_sample(args)
     return _run_train(args)
 
 

@@ -246,3 +246,68 @@ def test_cuda_event_timing_path_without_a_gpu(monkeypatch):
     assert 0.0009 <= result["min_s"] <= result["q25_s"] <= result["median_s"] <= result["q75_s"]
     assert result["median_s"] < 0.05
     assert set(calls) == {0, 1}
+
+
+# ----------------------------------------------------------------------------- where it writes, what it refuses
+
+TINY_ARGV = ["--device", "cpu", "--ops", "mse", "--modes", "fwd", "--providers", "fastvae", "--dtypes", "float32",
+             "--max-elements", "256", "--min-batch", "4", "--sample-size", "64", "--rep-ms", "1",
+             "--copy-bytes", str(2**22), "--no-plot"]
+
+
+def _committed():
+    """{path: bytes} of the repository's committed results and bench/README.md."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "bench"
+    return {p: p.read_bytes() for p in [root / "README.md", *sorted((root / "results").iterdir())]}
+
+
+def test_default_output_is_a_new_folder_here_and_the_committed_results_stay(tmp_path, monkeypatch, capsys):
+    before = _committed()
+    monkeypatch.chdir(tmp_path)
+    assert fb.main(TINY_ARGV) == 0
+    printed = capsys.readouterr().out
+    (folder,) = (tmp_path / "bench-results").iterdir()
+    slug = fb.load_json(next(folder.glob("*.json")))["device"]["slug"]
+    assert folder.name.startswith(slug + "-") and sorted(p.name for p in folder.iterdir()) == ["README.md",
+                                                                                                f"{slug}.json"]
+    assert br.README_BEGIN.format(slug=slug) in (folder / "README.md").read_text()
+    assert "CPU threads: 1 (pinned by default" in printed
+    report = fb.load_json(folder / f"{slug}.json")
+    assert report["config"]["threads"] == 1 and report["device"]["threads"] == 1
+    assert fb.main(TINY_ARGV) == 0  # a second run: another new folder
+    assert len(list((tmp_path / "bench-results").iterdir())) == 2
+    assert _committed() == before
+
+
+def test_out_folder_and_update_results(tmp_path, monkeypatch):
+    from fastvae.bench import cli as bench_cli
+
+    assert fb.main(TINY_ARGV + ["--out", str(tmp_path / "mine"), "--threads", "2"]) == 0
+    (json_path,) = (tmp_path / "mine").glob("*.json")
+    assert fb.load_json(json_path)["config"]["threads"] == 2
+    # --update-results writes the checkout's bench/results and bench/README.md (here a stand-in checkout)
+    (tmp_path / "repo" / "bench").mkdir(parents=True)
+    monkeypatch.setattr(bench_cli, "checkout_root", lambda: tmp_path / "repo")
+    assert fb.main(TINY_ARGV + ["--update-results"]) == 0
+    assert [p.name for p in (tmp_path / "repo" / "bench" / "results").iterdir()] == [json_path.name]
+    assert (tmp_path / "repo" / "bench" / "README.md").exists()
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--device", "cuda"], "CUDA is not available here"),
+    (["--device", "tpu"], "--device must be"),
+    (["--plot-only", "MISSING"], "file not found"),
+    (["--plot-only", "BAD"], "not a readable fastvae bench report"),
+], ids=["cuda", "tpu", "missing", "malformed"])
+def test_clear_errors(tmp_path, capsys, argv, phrase):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    (tmp_path / "bad.json").write_text('{"schema": "something else"}')
+    argv = [str(tmp_path / "missing.json") if a == "MISSING" else str(tmp_path / "bad.json") if a == "BAD" else a
+            for a in argv]
+    assert fb.main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastvae bench: error: ") and phrase in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

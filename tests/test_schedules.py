@@ -149,6 +149,47 @@ def test_constrained_float_update_matches_formula(alpha):
     assert s.t == len(RATES)
 
 
+def test_constrained_log_ratio_bounded_step_and_warmup_match_formula():
+    """error='log_ratio', max_step and warmup_steps (what fastvae train --target-rate uses), float64
+    reference; the tensor path gives the same numbers."""
+    kw = dict(target_rate=5.0, init_beta=2.0, lr=0.1, alpha=0.5, error="log_ratio", max_step=0.03, warmup_steps=3)
+    rates = [40.0, 30.0, 12.0] + RATES + [0.0]
+    log_beta, ema, want = math.log(2.0), None, [0.0]
+    for t, r in enumerate(rates, start=1):
+        c = math.log(max(r, 1e-3 * 5.0) / 5.0)
+        ema = c if ema is None else 0.5 * ema + 0.5 * c
+        if t <= 3:
+            want.append(2.0 * t / 3)  # the warm-up: beta ramps, the multiplier waits
+            continue
+        log_beta += max(-0.03, min(0.03, 0.1 * ema))
+        want.append(math.exp(log_beta))
+    f = ConstrainedBeta(**kw)
+    got = [f.value] + [f.update(r) for r in rates]
+    assert got == pytest.approx(want, rel=1e-12)
+    t = ConstrainedBeta(**kw, device="cpu")
+    got_t = [t.value.item()] + [t.update(torch.tensor(r)).item() for r in rates]
+    assert got_t == pytest.approx(want, rel=1e-5)
+    # the state holds the new options, and a round trip continues bit for bit
+    sd = f.state_dict()
+    assert (sd["error"], sd["max_step"], sd["warmup_steps"]) == ("log_ratio", 0.03, 3)
+    g = ConstrainedBeta(target_rate=1.0)
+    g.load_state_dict(json.loads(json.dumps(sd)))
+    assert g.update(7.0) == f.update(7.0)
+
+
+def test_constrained_state_of_the_first_version_loads_as_it_was():
+    """A state without the options added later (a checkpoint of the first trainer) takes the update of
+    that version, and a default schedule's state has the same entries as then."""
+    s = ConstrainedBeta(target_rate=3.0, lr=0.05)
+    sd = s.state_dict()
+    assert set(sd) == {"schedule", "t", "target_rate", "init_beta", "lr", "alpha", "beta_min", "beta_max",
+                       "log_beta", "beta", "constraint_ema", "dtype"}
+    t = ConstrainedBeta(target_rate=1.0, error="log_ratio", warmup_steps=10)
+    t.load_state_dict(sd)
+    assert (t.error, t.max_step, t.warmup_steps) == ("nats", None, 0)
+    assert t.update(5.0) == pytest.approx(math.exp(0.05 * 2.0))
+
+
 def test_constrained_direction_and_clamp():
     s = ConstrainedBeta(target_rate=5.0, lr=0.1, beta_min=0.1, beta_max=10.0)
     assert s.update(6.0) > 1.0  # rate above delta: more pressure on the KL
@@ -332,7 +373,7 @@ def test_make_beta_schedule():
         ("constrained", dict(beta=1.0), "target_rate"),
         ("constrained", dict(delta=-3.0), "target_rate"),
         ("constrained", dict(delta=1.0, target_rate=1.0), "target_rate"),
-        ("constrained", dict(delta=1.0, warmup_steps=5), "warmup_steps"),
+        ("constrained", dict(delta=1.0, cycle_steps=5), "cycle_steps"),
     ],
 )
 def test_make_beta_schedule_errors(kind, kwargs, name):

@@ -116,7 +116,8 @@ def test_conv_on_npy_with_eager_torch_loss(tmp_path):
     assert m["config"]["model"] == "conv"  # auto: (1, 32, 32) images fit the conv VAE
     assert m["config"]["loss_backend"] == "torch"
     assert m["data"]["sample_shape"] == [1, 32, 32] and m["data"]["len"] == 40
-    assert m["steps_per_epoch"] == 10  # len(data) // batch
+    assert (m["data"]["train"], m["data"]["val"]) == (38, 2)  # 5% held out
+    assert m["steps_per_epoch"] == 9  # training samples // batch
     assert "plots" not in m
 
 
@@ -207,8 +208,16 @@ def test_time_limit_stops_with_checkpoint_and_resume_finishes(tmp_path, capsys):
     m = metrics(part)
     assert m["status"] == "time limit" and m["step"] == 2  # stops at the first reading, with a checkpoint
     assert load_checkpoint(str(part))["step"] == 2
+    # A resumed run keeps the time limit it was started with (per session) ...
+    capsys.readouterr()
     assert run_cli("--resume", part) == 0  # a run folder; the config comes from its checkpoint
-    assert metrics(part)["status"] == "finished"
+    assert metrics(part)["status"] == "time limit" and metrics(part)["step"] == 4
+    printed = capsys.readouterr().out
+    assert "1e-09 s of training per session" in printed and "steps to go" in printed
+    assert "--time-limit 0" in printed
+    # ... and --time-limit 0 lifts it.
+    assert run_cli("--resume", part, "--time-limit", 0) == 0
+    assert metrics(part)["status"] == "finished" and metrics(part)["config"]["time_limit"] == 0
     assert_same_params(params(full), params(part))
 
 
@@ -370,7 +379,7 @@ def test_bad_data_file_exits_non_zero_and_writes_nothing(tmp_path, capsys, make,
 def test_conv_model_on_wrong_shape(tmp_path, capsys):
     data = tmp_path / "vectors.npy"
     np.save(data, np.zeros((8, 10), dtype=np.float32))
-    status = run_cli("--data", data, "--model", "conv", "--steps", 1, "--out", tmp_path / "run")
+    status = run_cli("--data", data, "--model", "conv", "--batch-size", 4, "--steps", 1, "--out", tmp_path / "run")
     assert_error(capsys, status, "--model conv takes images of shape", "(10,)", "--model mlp")
     assert not (tmp_path / "run").exists()
 

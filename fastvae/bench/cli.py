@@ -1,25 +1,47 @@
 """The command line of ``fastvae bench`` (:func:`main`).
 
-The measuring is this package's; the plots, the markdown tables and the rewriting of
-bench/README.md are the repository's ``bench/report.py``, which ``fastvae bench`` runs when it is
-there (a checkout) and which can be run by hand on a JSON report (``python bench/report.py
-bench/results/<device>.json``).
+Where it writes: the folder ``--out`` names, by default a new ``bench-results/<device>-<date-time>/``
+under the current directory: ``<device>.json``, one PNG per op and ``README.md`` with the summary
+tables.  The repository's committed results (``bench/results/`` and the block of ``bench/README.md``)
+are written only with ``--update-results``.
+
+On the CPU the run pins torch's thread count (:data:`DEFAULT_CPU_THREADS` unless ``--threads``):
+with the default count on a machine that is busy with other work the timings snap to the OS
+scheduler's time slices.
+
+The measuring is this package's; the plots, the markdown tables and the rewriting of a README block
+are the repository's ``bench/report.py``, which ``fastvae bench`` runs when it is there (a checkout)
+and which can be run by hand on a JSON report (``python bench/report.py results.json``).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import functools
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..environment import auto_device
+from ..environment import resolve_device
 from . import cases as C
-from .results import default_json_path, load_json, merge_reports, write_json
+from .results import load_json, merge_reports, write_json
 from .runner import run_benchmarks
 
-__all__ = ["add_arguments", "run", "main", "report_module"]
+__all__ = ["add_arguments", "run", "main", "report_module", "checkout_root", "DEFAULT_CPU_THREADS"]
+
+#: torch's thread count for a CPU run without --threads.
+DEFAULT_CPU_THREADS = 1
+
+
+class BenchError(Exception):
+    """A bad option, device or file: printed as ``fastvae bench: error: ...``, status 2."""
+
+
+def checkout_root() -> Optional[Path]:
+    """The fastvae checkout this package was imported from (the folder holding ``bench/report.py``)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "bench" / "report.py").is_file() else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,13 +113,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="size of the copy_ that measures the copy bandwidth (default 1 GiB on CUDA, "
                              "8x the last-level cache and at least 64 MiB on CPU)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for the run (CPU intra-op threads; default: unchanged)")
+                        help=f"torch.set_num_threads for the run (default on the CPU: {DEFAULT_CPU_THREADS}, pinned so "
+                             "that timings on a busy machine stay stable; on CUDA: unchanged)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="JSON report path (default bench/results/<device slug>.json)")
+    parser.add_argument("--out", default=None, metavar="FOLDER",
+                        help="output folder for <device>.json, the PNGs and README.md (default: a new "
+                             "bench-results/<device>-<date-time> under the current directory); a path ending in "
+                             ".json names the report itself")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write the repository's committed results instead: bench/results/<device>.json, its "
+                             "PNGs and the block of bench/README.md (in a fastvae checkout)")
     parser.add_argument("--readme", default=None,
-                        help="markdown file whose summary block is (re)written (default bench/README.md "
-                             "when it exists); 'none' to skip")
+                        help="markdown file whose summary block is (re)written (default: README.md in the output "
+                             "folder; bench/README.md with --update-results); 'none' to skip")
     parser.add_argument("--merge", action="store_true",
                         help="merge into an existing JSON report at the output path: its cases not re-run "
                              "here are kept (so a long sweep can be split over several runs)")
@@ -108,29 +136,111 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _json_path(args: argparse.Namespace, slug: str) -> Path:
+    """Where the report goes (see the module docstring)."""
+    if args.update_results:
+        root = checkout_root()
+        if root is None:
+            raise BenchError("--update-results writes the repository's bench/results/, which only a fastvae "
+                             "checkout has; use --out FOLDER")
+        return root / "bench" / "results" / f"{slug}.json"
+    if args.out and str(args.out).lower().endswith(".json"):
+        return Path(args.out)
+    if args.out:
+        return Path(args.out) / f"{slug}.json"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder, k = Path("bench-results") / f"{slug}-{stamp}", 2
+    while folder.exists():
+        folder, k = Path("bench-results") / f"{slug}-{stamp}-{k}", k + 1
+    return folder / f"{slug}.json"
+
+
+def _readme(args: argparse.Namespace, json_path: Path) -> Optional[Path]:
+    if args.readme is not None:
+        return None if str(args.readme).lower() == "none" else Path(args.readme)
+    if args.update_results:
+        return json_path.parent.parent / "README.md"  # bench/README.md
+    return json_path.parent / "README.md"
+
+
+def _check_output(path: Path) -> None:
+    """The report's folder exists or can be made, and takes files."""
+    import os
+    import tempfile
+
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fastvae-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BenchError(f"--out {folder}: cannot write into it ({exc.strerror or exc})") from None
+
+
+def _device(text: str):
+    try:
+        return resolve_device(text)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _plot_only(args: argparse.Namespace) -> int:
+    path = Path(args.plot_only)
+    if not path.is_file():
+        raise BenchError(f"--plot-only {path}: file not found (expected a JSON report written by fastvae bench)")
+    try:
+        load_json(path)
+    except (ValueError, OSError) as exc:
+        raise BenchError(f"--plot-only {path}: not a readable fastvae bench report ({exc})") from None
+    if report_module() is None:
+        raise BenchError("--plot-only needs bench/report.py, which is in a fastvae checkout")
+    readme = None
+    if args.readme is not None and str(args.readme).lower() != "none":
+        readme = args.readme
+    elif args.update_results:
+        root = checkout_root()
+        readme = root / "bench" / "README.md" if root else None
+    report_outputs(path, readme, make_plots=not args.no_plot, quiet=args.quiet)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fastvae bench`` with parsed ``args``; returns the exit status."""
-    if args.readme is None:
-        readme = "bench/README.md" if Path("bench/README.md").exists() else None
-    else:
-        readme = None if str(args.readme).lower() == "none" else args.readme
+    try:
+        return _run(args)
+    except BenchError as exc:
+        print(f"fastvae bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.plot_only:
-        if report_module() is None:
-            print("fastvae bench: error: --plot-only needs bench/report.py, which is in a fastvae checkout",
-                  file=sys.stderr)
-            return 2
-        report_outputs(args.plot_only, readme, make_plots=not args.no_plot, quiet=args.quiet)
-        return 0
+        return _plot_only(args)
+    device = _device(args.device)
+    threads = args.threads
+    if threads is None and device.type == "cpu":
+        threads = DEFAULT_CPU_THREADS
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {threads}")
     config = C.BenchConfig(
-        device=auto_device(args.device), ops=args.ops, modes=args.modes, providers=args.providers,
+        device=str(device), ops=args.ops, modes=args.modes, providers=args.providers,
         dtypes=args.dtypes, max_elements=args.max_elements, min_batch=args.min_batch,
         sample_size=args.sample_size, latent_dim=args.latent_dim,
         objective_latent_dim=args.objective_latent_dim, rep_ms=args.rep_ms, warmup_ms=args.warmup_ms,
-        rotate=not args.no_rotate, copy_bytes=args.copy_bytes, threads=args.threads, seed=args.seed, quiet=args.quiet)
+        rotate=not args.no_rotate, copy_bytes=args.copy_bytes, threads=threads, seed=args.seed, quiet=args.quiet)
+    from .device import device_info
+
+    slug = device_info(device)["slug"]
+    path = _json_path(args, slug)
+    _check_output(path)
+    if not args.quiet:
+        pinned = (f"; CPU threads: {threads}" + (" (pinned by default; --threads N to change)"
+                                                 if args.threads is None else "")) if device.type == "cpu" else ""
+        print(f"fastvae bench: writing {path}{pinned}")
     earlier: dict = {}  # with --merge: the report at the output path before this run, read once
 
     def save(report: dict, partial: bool) -> Path:
-        path = Path(args.out or default_json_path(report))
         if args.merge and "report" not in earlier:
             earlier["report"] = load_json(path) if path.exists() else None
         if earlier.get("report") is not None:
@@ -141,10 +251,10 @@ def run(args: argparse.Namespace) -> int:
     # The JSON is rewritten after each group of cases: a long sweep that is interrupted keeps its
     # finished cases (marked "partial": true), and --merge on the next run carries on from them.
     report = run_benchmarks(config, on_progress=lambda partial: save(partial, True))
-    path = save(report, False)
+    save(report, False)
     if not args.quiet:
         print(f"wrote {path}")
-    report_outputs(path, readme, make_plots=not args.no_plot, quiet=args.quiet)
+    report_outputs(path, _readme(args, path), make_plots=not args.no_plot, quiet=args.quiet)
     failed = sum(1 for c in report["cases"] if c["error"])
     if failed and not args.quiet:
         print(f"{failed} case(s) failed; see their 'error' field", file=sys.stderr)

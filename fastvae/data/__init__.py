@@ -57,6 +57,7 @@ def get_dataset(
     *,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    layout: str = "auto",
 ) -> Shapes | ArrayDataset:
     """Open a dataset by name, file path, array or torch Dataset (see the module docstring for the
     interface every result shares).
@@ -69,6 +70,9 @@ def get_dataset(
         device: where samples are rendered or stored and where batches are returned.
         seed: seeds the random sampling of ``shapes`` (:meth:`Shapes.sample`, :meth:`Shapes.stream`);
             the other datasets are fixed arrays and ignore it.
+        layout: how a 4-D array (a file, an array, a Dataset's samples) is read: ``'auto'``
+            (channels-last images are recognised and transposed), ``'channels_first'`` or
+            ``'channels_last'`` (see :mod:`fastvae.data.arrays`).
 
     Raises:
         DataError: unknown name, or a file or array that fails validation.
@@ -77,9 +81,10 @@ def get_dataset(
     if isinstance(name_or_path, (Shapes, ArrayDataset)):
         return name_or_path.to(device)
     if isinstance(name_or_path, (torch.Tensor, np.ndarray)):
-        return ArrayDataset(name_or_path, device=device, name=f"{type(name_or_path).__name__} argument")
+        return ArrayDataset(name_or_path, device=device, name=f"{type(name_or_path).__name__} argument",
+                            layout=layout)
     if isinstance(name_or_path, torch.utils.data.Dataset):
-        return wrap_dataset(name_or_path, device=device)
+        return wrap_dataset(name_or_path, device=device, layout=layout)
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(
             "name_or_path: expected a dataset name, a file path, an array or a torch Dataset, got "
@@ -98,4 +103,4 @@ def get_dataset(
             f"{path}: unknown dataset; expected one of {', '.join(repr(n) for n in DATASET_NAMES)} "
             "or the path of a .npy/.npz file"
         )
-    return load_array(path, device=device)
+    return load_array(path, device=device, layout=layout)

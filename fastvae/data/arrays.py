@@ -8,8 +8,12 @@ Conventions:
 
 * The first dimension indexes samples: an array of shape ``(N, ...)`` gives ``N`` samples of
   shape ``...``. At least 2 dimensions are required. A 3-D array ``(N, H, W)`` is read as
-  grayscale images and gets a channel dimension, ``(N, 1, H, W)``; other shapes are kept as they
-  are (images are expected channels-first, ``(N, C, H, W)``).
+  grayscale images and gets a channel dimension, ``(N, 1, H, W)``. Images are channels-first,
+  ``(N, C, H, W)``; with ``layout='auto'`` (the default) a 4-D array that looks channels-last,
+  ``(N, H, W, C)`` with C in 1, 3 or 4 and H, W larger (as PIL, matplotlib and TensorFlow store
+  images), is transposed to ``(N, C, H, W)`` and :attr:`ArrayDataset.layout_note` says so;
+  ``layout='channels_first'`` keeps every shape as it is and ``'channels_last'`` transposes any
+  4-D array. Other shapes are kept as they are.
 * Float data is converted to float32 and kept as it is; :attr:`ArrayDataset.value_range` reports
   its range, since a Bernoulli likelihood expects values in [0, 1] and other likelihoods do not.
 * ``uint8`` data is taken as 8-bit images and scaled by 1/255, except when every value is 0 or 1
@@ -31,7 +35,11 @@ import torch
 
 from .checks import DataError, check_index
 
-__all__ = ["ArrayDataset", "load_array", "wrap_dataset"]
+__all__ = ["ArrayDataset", "load_array", "wrap_dataset", "LAYOUTS", "looks_channels_last"]
+
+#: How a 4-D array is read (see the module docstring).
+LAYOUTS = ("auto", "channels_first", "channels_last")
+_CHANNELS = (1, 3, 4)
 
 # Rows are validated and converted in chunks of about this many bytes, so checking a large
 # memory-mapped .npy file never needs a second full-size temporary.
@@ -48,10 +56,12 @@ class ArrayDataset(torch.utils.data.Dataset):
         device: where the data is kept and batches are returned.
         labels: optional per-sample labels (N,), e.g. digit classes; kept on ``device``.
         name: how errors and ``repr`` refer to the data (a file name, ``'digits'``, ...).
+        layout: ``'auto'``, ``'channels_first'`` or ``'channels_last'``: how a 4-D array is read.
 
     Attributes:
         sample_shape: shape of one sample, e.g. ``(1, 28, 28)``.
         value_range: ``(min, max)`` of the sample values after scaling, as Python floats.
+        layout_note: None, or a sentence saying that the data was read as channels-last images.
         labels: LongTensor (N,) or None.
         factors: None (ground-truth factors exist only for :class:`fastvae.data.Shapes`).
     """
@@ -65,12 +75,23 @@ class ArrayDataset(torch.utils.data.Dataset):
         device: torch.device | str = "cpu",
         labels: np.ndarray | torch.Tensor | Sequence[int] | None = None,
         name: str = "array",
+        layout: str = "auto",
     ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.name = name
         self.device = torch.device(device)
         storage, self._scale, self.value_range = _convert(data, name)
+        self.layout_note = None
         if storage.dim() == 3:
             storage = storage.unsqueeze(1)
+        elif storage.dim() == 4 and (layout == "channels_last" or (layout == "auto" and looks_channels_last(
+                tuple(storage.shape)))):
+            shape = tuple(storage.shape)
+            storage = storage.permute(0, 3, 1, 2).contiguous()
+            self.layout_note = (f"{name}: the array {shape} was read as channels-last images (N, H, W, C) and "
+                                f"transposed to {tuple(storage.shape)}"
+                                + (" (--data-layout channels-first keeps it as it is)" if layout == "auto" else ""))
         self._data = storage.to(self.device)
         self.sample_shape: tuple[int, ...] = tuple(self._data.shape[1:])
         self.labels = None
@@ -124,6 +145,15 @@ class ArrayDataset(torch.utils.data.Dataset):
             return rows
         rows = rows.float()
         return rows.mul_(self._scale) if self._scale != 1.0 else rows
+
+
+def looks_channels_last(shape: tuple) -> bool:
+    """Whether a 4-D shape ``(N, A, B, C)`` looks like channels-last images: C is 1, 3 or 4 and A and B
+    are larger than C (and than 4), while A is not itself a channel count."""
+    if len(shape) != 4:
+        return False
+    _, a, b, c = shape
+    return c in _CHANNELS and a not in _CHANNELS and min(a, b) > max(c, 4)
 
 
 def _convert(data: Any, name: str) -> tuple[torch.Tensor, float, tuple[float, float]]:
@@ -231,11 +261,13 @@ def _read_array(path: str, key: str | None) -> np.ndarray:
         raise DataError(f"{path}: malformed {suffix} file ({type(exc).__name__}: {exc})") from exc
 
 
-def load_array(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> ArrayDataset:
+def load_array(path: str | os.PathLike, *, device: torch.device | str = "cpu", layout: str = "auto") -> ArrayDataset:
     """Load a ``.npy`` file, or one array of a ``.npz`` file, as an :class:`ArrayDataset`.
 
     ``path`` may name an array inside an archive as ``'file.npz:key'``; an archive holding a single
     array needs no key. Files are read with ``allow_pickle=False``.
+
+    ``layout``: how a 4-D array is read (see the module docstring).
 
     Raises:
         DataError: the file is missing, unreadable or malformed, or its array is not a non-empty,
@@ -244,11 +276,11 @@ def load_array(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     file, key = split_key(path)
     array = _read_array(file, key)
     name = f"{file}:{key}" if key else file
-    return ArrayDataset(array, device=device, name=name)
+    return ArrayDataset(array, device=device, name=name, layout=layout)
 
 
 def wrap_dataset(dataset: torch.utils.data.Dataset, *, device: torch.device | str = "cpu",
-                 name: str | None = None) -> ArrayDataset:
+                 name: str | None = None, layout: str = "auto") -> ArrayDataset:
     """Materialise a map-style dataset into an :class:`ArrayDataset` on ``device``.
 
     Each item may be a tensor (or anything ``numpy.asarray`` accepts, e.g. a PIL image) or a tuple
@@ -286,7 +318,7 @@ def wrap_dataset(dataset: torch.utils.data.Dataset, *, device: torch.device | st
         raise DataError(f"{name}: expected samples with at least 1 dimension, found scalars")
     data = np.stack(samples)
     keep_labels = all(label is not None for label in labels)
-    return ArrayDataset(data, device=device, labels=labels if keep_labels else None, name=name)
+    return ArrayDataset(data, device=device, labels=labels if keep_labels else None, name=name, layout=layout)
 
 
 def _as_label(label: Any) -> int | None:

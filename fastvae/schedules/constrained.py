@@ -11,6 +11,10 @@ from .base import Schedule, count, in_range, nonneg, positive, real
 __all__ = ["ConstrainedBeta"]
 
 Number = Union[int, float]
+#: How the violation of the constraint is measured (see :class:`ConstrainedBeta`).
+ERRORS = ("nats", "log_ratio")
+#: ``error='log_ratio'``: the rate is floored at this fraction of the target inside the logarithm.
+_LOG_FLOOR = 1e-3
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -39,6 +43,18 @@ class ConstrainedBeta(Schedule):
     ``[beta_min, beta_max]``; the clamp also stops the multiplier winding up).  ``lr`` is in
     units of 1/nat: the change of ``log(beta)`` per step per nat of violation.
 
+    Three options make the controller hold a target from the first step of a training run (what
+    ``fastvae train --target-rate`` uses; their defaults give the plain update above):
+
+    * ``error='log_ratio'`` measures the violation as ``log(rate / delta)`` instead of
+      ``rate - delta``: a rate twice the target pushes as hard as half the target pulls, whatever
+      the target (3 nats or 30), and a rate of 100 nats early in training is not 100 times a
+      rate of 4 (the rate is floored at ``1e-3 * delta`` in the logarithm);
+    * ``max_step`` bounds ``|lr * c_ema|``, the change of ``log(beta)`` in one step;
+    * ``warmup_steps`` ``W``: for ``t < W`` beta is ``init_beta * t / W`` (a linear warm-up from
+      0, while the decoder learns to use z) and the multiplier is not updated; the constraint's
+      average is still tracked, and the dual ascent starts at step ``W`` from ``init_beta``.
+
     Args:
         target_rate: ``delta``, the target rate in nats (the KL per sample, as reported by
             :func:`fastvae.beta_vae_loss` with ``reduction='mean'``).
@@ -48,6 +64,9 @@ class ConstrainedBeta(Schedule):
         beta_min, beta_max: clamp of beta (``0 < beta_min <= beta_max``).
         device: if given, the state is a tensor on this device from the start, so ``value`` is
             always a 0-dim tensor (e.g. to avoid a recompilation when it first becomes one).
+        error: ``'nats'`` (``rate - delta``, the default) or ``'log_ratio'`` (``log(rate / delta)``).
+        max_step: bound of the change of ``log(beta)`` per update (None: unbounded).
+        warmup_steps: steps of the linear warm-up of beta before the dual ascent starts.
 
     :meth:`update` (alias ``step(rate)``) takes the measured rate as a python float or a 0-dim
     tensor.  With a tensor the update is done on the tensor's device with tensor ops only (no
@@ -63,6 +82,10 @@ class ConstrainedBeta(Schedule):
     """
 
     _config = ("target_rate", "init_beta", "lr", "alpha", "beta_min", "beta_max")
+    #: Hyper-parameters added after the first version, with the values that give its update.  The
+    #: state holds them only when they differ from these, so a state of the first version (which
+    #: has none of them) loads as it was, and a default schedule's state has the same entries.
+    _optional = {"error": "nats", "max_step": None, "warmup_steps": 0}
 
     def __init__(
         self,
@@ -73,8 +96,16 @@ class ConstrainedBeta(Schedule):
         beta_min: Number = 1e-4,
         beta_max: Number = 1e4,
         device: Optional[Union[str, torch.device]] = None,
+        error: str = "nats",
+        max_step: Optional[Number] = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
+        if error not in ERRORS:
+            raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
+        self.error = error
+        self.max_step = None if max_step is None else positive("max_step", max_step)
+        self.warmup_steps = count("warmup_steps", warmup_steps)
         self.target_rate = nonneg("target_rate", target_rate)
         self.lr = positive("lr", lr)
         self.alpha = in_range("alpha", alpha, 0.0, 1.0, low_open=False, high_open=True)
@@ -91,12 +122,16 @@ class ConstrainedBeta(Schedule):
             )
         self.init_beta = init_beta
         self._log_beta = torch.tensor(math.log(init_beta), dtype=torch.float64)
-        self._beta = torch.tensor(init_beta, dtype=torch.float64)
+        self._beta = torch.tensor(init_beta * self._ramp(0), dtype=torch.float64)
         self._ema: Optional[torch.Tensor] = None   # None until the first update
         self._placed = False                       # True: the state lives on a device, ``value`` is a tensor
         self._dtype: Optional[torch.dtype] = None  # the dtype of the placed state (a loaded state's, or chosen)
         if device is not None:
             self._place(torch.device(device), torch.float32)
+
+    def _ramp(self, t: int) -> float:
+        """The warm-up factor of beta at step ``t`` (1 after the warm-up)."""
+        return 1.0 if t >= self.warmup_steps else t / self.warmup_steps
 
     def _place(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the state to ``device`` as ``dtype``; from now on ``value`` is a tensor."""
@@ -132,7 +167,11 @@ class ConstrainedBeta(Schedule):
         """``rate - target_rate`` as a 0-dim tensor of the state's dtype on its device; a tensor
         rate places the state on its device first (no host read of it)."""
         if not isinstance(rate, torch.Tensor):
-            c = real("rate", rate) - self.target_rate
+            rate = real("rate", rate)
+            if self.error == "log_ratio":
+                c = math.log(max(rate, _LOG_FLOOR * self.target_rate) / self.target_rate)
+            else:
+                c = rate - self.target_rate
             return torch.tensor(c, dtype=self._log_beta.dtype, device=self._log_beta.device)
         if not rate.is_floating_point():
             raise TypeError(f"rate must be a floating tensor, got dtype {rate.dtype}")
@@ -143,7 +182,10 @@ class ConstrainedBeta(Schedule):
             self._place(rate.device, self._dtype or torch.promote_types(rate.dtype, torch.float32))
         elif self._log_beta.device != rate.device:
             self._place(rate.device, self._log_beta.dtype)
-        return rate.to(self._log_beta.dtype) - self.target_rate
+        rate = rate.to(self._log_beta.dtype)
+        if self.error == "log_ratio":
+            return torch.log(torch.clamp(rate, min=_LOG_FLOOR * self.target_rate) / self.target_rate)
+        return rate - self.target_rate
 
     def update(self, rate: Union[Number, torch.Tensor]) -> Union[float, torch.Tensor]:
         """One dual-ascent step with the measured rate (nats); returns the new beta.
@@ -155,10 +197,15 @@ class ConstrainedBeta(Schedule):
         a = self.alpha
         ema = c if (self._ema is None or a == 0.0) else self._ema * a + c * (1.0 - a)
         self._ema = ema
-        self._log_beta = torch.clamp(self._log_beta + self.lr * ema, math.log(self.beta_min),
-                                     math.log(self.beta_max))
-        self._beta = torch.exp(self._log_beta)
         self.t += 1
+        if self.t <= self.warmup_steps:  # warm-up: beta ramps, the multiplier waits
+            self._beta = torch.exp(self._log_beta) * self._ramp(self.t)
+            return self.value
+        change = self.lr * ema
+        if self.max_step is not None:
+            change = torch.clamp(change, -self.max_step, self.max_step)
+        self._log_beta = torch.clamp(self._log_beta + change, math.log(self.beta_min), math.log(self.beta_max))
+        self._beta = torch.exp(self._log_beta)
         return self.value
 
     def step(self, rate: Union[Number, torch.Tensor, None] = None) -> Union[float, torch.Tensor]:
@@ -177,6 +224,9 @@ class ConstrainedBeta(Schedule):
         bit for bit.
         """
         state = self._config_state()
+        for key, legacy in self._optional.items():
+            if getattr(self, key) != legacy:
+                state[key] = getattr(self, key)
         state.update(
             log_beta=self._log_beta.item(),
             beta=self._beta.item(),
@@ -192,7 +242,9 @@ class ConstrainedBeta(Schedule):
         state is restored there; otherwise it is held on the host and placed on the device of the
         first tensor passed to :meth:`update`, with the stored dtype.
         """
-        fresh = self._fresh_from(state, extra=("log_beta",))
+        self._fresh_from(state, extra=("log_beta",))  # the kind and the entries checked
+        options = {key: state.get(key, legacy) for key, legacy in self._optional.items()}
+        fresh = type(self)(**{k: state[k] for k in self._config}, **options)
         device = self._log_beta.device if self._placed else None
         log_beta = real("log_beta", state["log_beta"])
         ema = state.get("constraint_ema")
@@ -203,7 +255,7 @@ class ConstrainedBeta(Schedule):
         self.__dict__.update(fresh.__dict__)
         self.t = count("t", state["t"])
         self._log_beta = torch.tensor(log_beta, dtype=torch.float64)
-        self._beta = torch.tensor(math.exp(log_beta) if beta is None else positive("beta", beta), dtype=torch.float64)
+        self._beta = torch.tensor(math.exp(log_beta) if beta is None else nonneg("beta", beta), dtype=torch.float64)
         self._ema = None if ema is None else torch.tensor(real("constraint_ema", ema), dtype=torch.float64)
         self._dtype = None if dtype is None else _DTYPES[dtype]
         if device is not None:

@@ -57,6 +57,27 @@ def _warmup_title(c: Mapping[str, Any]) -> str:
     return f"beta {c.get('beta_start', 0.0):g}->{c.get('beta', 0.0):g} over {c.get('warmup_steps')} steps"
 
 
+def _constrained_warmup(c: Mapping[str, Any]) -> int:
+    return int(c.get("warmup_steps") or 0) if c.get("constrained_warmup") else 0
+
+
+def _constrained_options(c: Mapping[str, Any]) -> Dict[str, Any]:
+    # Entries a config of the first version lacks take the values of its update (no warm-up, the
+    # error in nats, no bound on the step).
+    return dict(target_rate=c["target_rate"], init_beta=c["beta"], lr=c["beta_lr"], alpha=c["beta_alpha"],
+                error=c.get("beta_error") or "nats", max_step=c.get("beta_max_step"),
+                warmup_steps=_constrained_warmup(c))
+
+
+def _constrained_banner(c: Mapping[str, Any]) -> str:
+    warmup = _constrained_warmup(c)
+    start = f"beta 0->{c['beta']:g} over {warmup} steps, then" if warmup else f"initial beta {c['beta']:g},"
+    error = "log(rate / target)" if c.get("beta_error") == "log_ratio" else "rate - target (nats)"
+    bound = f", step <= {c['beta_max_step']:g}" if c.get("beta_max_step") else ""
+    return (f"constrained (target rate {c['target_rate']:g} nats; {start} dual ascent on log(beta) by "
+            f"{c['beta_lr']:g} x {error}{bound})")
+
+
 KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("constant", ConstantBeta, help="constant",
          options=lambda c: dict(beta=c["beta"]),
@@ -72,11 +93,10 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
          banner=lambda c: f"{c['beta']:g} (cyclical, {c['cycle_steps']}-step cycles)",
          title=lambda c: f"cyclical beta up to {c.get('beta', 0.0):g}"),
     Kind("constrained", ConstrainedBeta, help="constrained (dual ascent to --target-rate)",
-         options=lambda c: dict(target_rate=c["target_rate"], init_beta=c["beta"], lr=c["beta_lr"],
-                                alpha=c["beta_alpha"]),
-         banner=lambda c: f"constrained (target rate {c['target_rate']:g} nats, initial beta {c['beta']:g})",
+         options=_constrained_options, banner=_constrained_banner,
          title=lambda c: f"constrained beta (target rate {c.get('target_rate'):g} nats)",
-         extra_arguments=("device",), aliases={"delta": "target_rate", "beta": "init_beta"},
+         extra_arguments=("device", "error", "max_step", "warmup_steps"),
+         aliases={"delta": "target_rate", "beta": "init_beta"},
          required="target_rate"),
 )}
 

@@ -40,9 +40,17 @@ import train``), defined in ``run.py``.  One file per job:
 ``console.py``     the banner and the log lines
 ``signals.py``     SIGINT/SIGTERM: stop after the step, with a checkpoint
 ``process.py``     torch's process-wide state, restored when the run ends
+``optim.py``       the learning rate of a step, the moving average of the weights, the fp16 scaler
+``logs.py``        ``metrics.csv``, ``epochs.csv`` and TensorBoard
 ``report.py``      the PNGs
 ``run.py``         :func:`train` and :class:`TrainResult`
+``load.py``        :func:`load_model` and :func:`load_run`: a trained model back from its run folder
 =================  ===========================================================================
+
+Held out.  By default 5% of a finite dataset (``--val-fraction``) and 1024 images of ``shapes`` are
+left out of training; each epoch ends with their distortion, rate and ELBO (``epochs`` in
+``metrics.json``, ``epochs.csv``, the points of ``curves.png``), ``best.pt`` keeps the checkpoint of
+the lowest held-out negative ELBO, and the plots show held-out samples.
 """
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import (
@@ -58,12 +66,14 @@ from .config import (
     TrainConfig,
 )
 from .errors import TrainError
+from .load import LoadedRun, load_model, load_run
 from .metrics import METRICS_NAME
 from .model import build_model
 from .run import TrainResult, train
 
 __all__ = [
-    "TrainConfig", "TrainError", "TrainResult", "train", "load_checkpoint", "build_model",
+    "TrainConfig", "TrainError", "TrainResult", "train", "load_checkpoint", "build_model", "load_model", "load_run",
+    "LoadedRun",
     "CHECKPOINT_NAME", "METRICS_NAME", "MODELS", "LOSS_BACKENDS", "AMP_MODES", "BETA_SCHEDULES", "LIKELIHOODS",
     "DEFAULT_STEPS", "DEFAULT_TIME_LIMIT", "SHAPES_STEPS_PER_EPOCH", "RESUMABLE_KEYS",
 ]

@@ -25,12 +25,20 @@ from .errors import TrainError
 __all__ = [
     "TrainConfig", "MODELS", "LOSS_BACKENDS", "AMP_MODES", "BETA_SCHEDULES", "LIKELIHOODS", "SCALED_LIKELIHOODS",
     "SHAPES_STEPS_PER_EPOCH", "DEFAULT_STEPS", "DEFAULT_TIME_LIMIT", "RESUMABLE_KEYS", "check_config",
-    "schedule_kind", "compare_configs", "data_key", "NAMED_DATASETS", "is_named_dataset",
+    "schedule_kind", "compare_configs", "data_key", "NAMED_DATASETS", "is_named_dataset", "LR_SCHEDULES",
+    "DATA_LAYOUTS", "BETA_ERRORS", "LEGACY_VALUES", "SHAPES_VAL_SAMPLES", "DEFAULT_VAL_FRACTION",
 ]
 
 MODELS = ("auto", "conv", "mlp")
 LOSS_BACKENDS = ("fastvae", "torch")
-AMP_MODES = ("none", "bf16")
+#: ``--amp``: bf16 autocast (CUDA or CPU), fp16 autocast with a GradScaler (CUDA only).
+AMP_MODES = ("none", "bf16", "fp16")
+#: ``--lr-schedule``: the learning rate after the warm-up.
+LR_SCHEDULES = ("constant", "cosine", "step")
+#: ``--data-layout``: how 4-D arrays are read (auto: (N, H, W, C) with C in 1, 3, 4 is channels-last).
+DATA_LAYOUTS = ("auto", "channels-first", "channels-last")
+#: ``--beta-error``: how the constrained schedule measures the rate's distance from the target.
+BETA_ERRORS = ("log_ratio", "nats")
 #: The ``--beta-schedule`` choices: the kinds of :mod:`fastvae.schedules.kinds`.
 BETA_SCHEDULES = BETA_SCHEDULE_KINDS
 #: The likelihoods with a scale (``--log-scale``, ``--learn-scale``).
@@ -38,6 +46,10 @@ SCALED_LIKELIHOODS = tuple(name for name, kind in KINDS.items() if kind in SCALE
 
 #: Steps per epoch of the endless ``shapes`` stream (when ``steps_per_epoch`` is not given).
 SHAPES_STEPS_PER_EPOCH = 100
+#: The held-out part of a finite dataset when ``val_fraction`` is not given.
+DEFAULT_VAL_FRACTION = 0.05
+#: The held-out images of ``shapes`` (left out of its training stream) when ``val_fraction`` is not given.
+SHAPES_VAL_SAMPLES = 1024
 #: The quick start: without ``steps``/``epochs`` a run trains this many steps or for
 #: ``DEFAULT_TIME_LIMIT`` seconds, whichever comes first.
 DEFAULT_STEPS = 3000
@@ -51,7 +63,18 @@ NAMED_DATASETS = ("shapes", "digits")
 # Config entries that may change when a run is resumed; every other entry must match the checkpoint.
 RESUMABLE_KEYS = frozenset({
     "steps", "epochs", "time_limit", "device", "compile", "checkpoint_every", "log_every", "threads", "plots",
+    "keep_checkpoints", "keep_best", "tensorboard",
 })
+
+#: The value an entry takes when a stored config (a checkpoint's) does not have it: what the version
+#: that wrote the checkpoint did before the entry existed, so an old run resumes and trains on as it
+#: did.  (A new run takes the dataclass defaults.)
+LEGACY_VALUES = {
+    "beta_error": "nats", "beta_max_step": None, "constrained_warmup": False, "lr_schedule": "constant",
+    "lr_min": 0.0, "lr_decay_every": None, "lr_gamma": 0.5, "grad_clip": None, "ema_decay": None,
+    "val_fraction": 0.0, "data_layout": "channels-first", "keep_checkpoints": 1, "keep_best": False,
+    "tensorboard": None,
+}
 
 
 @dataclass
@@ -64,6 +87,8 @@ class TrainConfig:
     """
 
     data: str = "shapes"
+    data_layout: str = "auto"              # 4-D arrays: auto-detect channels-last (N, H, W, C)
+    val_fraction: Optional[float] = None   # held out; None: 5% of a finite dataset, SHAPES_VAL_SAMPLES of shapes
     model: str = "auto"                    # auto: conv for 32x32/64x64 images, else mlp
     latent_dim: int = 10
     hidden: tuple = (512, 256)             # mlp widths
@@ -72,32 +97,44 @@ class TrainConfig:
     learn_scale: bool = False
     beta: float = 4.0                      # beta (or gamma with a capacity; initial beta if constrained)
     beta_schedule: Optional[str] = None    # None: 'constrained' with target_rate, else 'warmup'
-    warmup_steps: int = 1000               # warmup: steps from beta_start to beta
+    warmup_steps: int = 1000               # warmup (and constrained): steps from beta_start to beta
     beta_start: float = 0.0
     cycle_steps: int = 1000                # cyclical
     cycle_ratio: float = 0.5
     n_cycles: Optional[int] = None
     target_rate: Optional[float] = None    # constrained: target KL in nats
-    beta_lr: float = 1e-2                  # constrained: dual-ascent step on log(beta) per nat
+    beta_lr: float = 1e-2                  # constrained: dual-ascent step on log(beta) per unit of error
     beta_alpha: float = 0.0                # constrained: moving average of the constraint
+    beta_error: str = "log_ratio"          # constrained: the error, log(rate / target) or rate - target (nats)
+    beta_max_step: Optional[float] = None  # constrained: bound of the change of log(beta) per step
+    constrained_warmup: bool = True        # constrained: beta warms up over warmup_steps before the ascent
     capacity: Optional[float] = None       # C in beta*|rate - C| (nats), ramped from 0
     capacity_steps: int = 0
     batch_size: int = 64
     lr: float = 3e-3
     lr_warmup: int = 100                   # steps of linear learning-rate warm-up from 0
+    lr_schedule: str = "constant"          # after the warm-up: constant, cosine (to lr_min) or step
+    lr_min: float = 0.0                    # cosine: the learning rate at the last step
+    lr_decay_every: Optional[int] = None   # step: multiply the rate by lr_gamma every this many steps
+    lr_gamma: float = 0.5
+    grad_clip: Optional[float] = None      # clip the gradient's global norm to this
+    ema_decay: Optional[float] = None      # keep an exponential moving average of the weights
     steps: Optional[int] = None
     epochs: Optional[int] = None
     steps_per_epoch: Optional[int] = None
-    time_limit: Optional[float] = None     # seconds of training; stops after a checkpoint
+    time_limit: Optional[float] = None     # seconds of training per session; 0: none; stops after a checkpoint
     seed: int = 0
     device: str = "auto"
     amp: str = "none"
     compile: bool = False
     loss_backend: str = "fastvae"
     checkpoint_every: int = 200
+    keep_checkpoints: int = 1              # > 1: the last ones also kept as checkpoint-<step>.pt
+    keep_best: bool = True                 # best.pt: the checkpoint of the best held-out loss
     log_every: int = 10
     threads: Optional[int] = None
     plots: bool = True
+    tensorboard: Optional[bool] = None     # None: when tensorboard is installed
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -105,12 +142,18 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, *, stored: bool = False) -> "TrainConfig":
+        """The config of a dict (:meth:`to_dict`'s).  ``stored``: the dict comes from a checkpoint,
+        so an entry it lacks takes its :data:`LEGACY_VALUES` value (what the version that wrote it
+        did) rather than today's default."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise TrainError(f"unknown config entries {unknown}")
         d = dict(d)
+        if stored:
+            for key, value in LEGACY_VALUES.items():
+                d.setdefault(key, value)
         if "hidden" in d and d["hidden"] is not None:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
@@ -127,18 +170,27 @@ def _option(name: str) -> str:
 
 def _check_ranges(c: TrainConfig) -> None:
     for name in ("latent_dim", "batch_size", "lr", "steps", "epochs", "steps_per_epoch", "checkpoint_every",
-                 "log_every", "threads", "time_limit", "cycle_steps", "n_cycles", "beta_lr"):
+                 "log_every", "threads", "cycle_steps", "n_cycles", "beta_lr", "beta_max_step", "lr_decay_every",
+                 "lr_gamma", "grad_clip", "keep_checkpoints"):
         value = getattr(c, name)
         if value is not None and not value > 0:
             raise TrainError(f"{_option(name)} must be > 0, got {value}")
-    for name in ("beta", "beta_start", "warmup_steps", "lr_warmup", "capacity", "capacity_steps", "target_rate"):
+    for name in ("beta", "beta_start", "warmup_steps", "lr_warmup", "capacity", "capacity_steps", "target_rate",
+                 "time_limit", "lr_min"):
         value = getattr(c, name)
         if value is not None and not value >= 0:
             raise TrainError(f"{_option(name)} must be >= 0, got {value}")
-    for name in ("lr", "beta", "log_scale", "beta_start", "capacity", "target_rate", "beta_lr"):
+    for name in ("lr", "beta", "log_scale", "beta_start", "capacity", "target_rate", "beta_lr", "beta_max_step",
+                 "lr_min", "lr_gamma", "grad_clip", "time_limit", "ema_decay", "val_fraction"):
         value = getattr(c, name)
         if value is not None and not math.isfinite(value):
             raise TrainError(f"{_option(name)} must be finite, got {value}")
+    if c.ema_decay is not None and not 0 < c.ema_decay < 1:
+        raise TrainError(f"--ema-decay must be in (0, 1), got {c.ema_decay}")
+    if c.val_fraction is not None and not 0 <= c.val_fraction < 1:
+        raise TrainError(f"--val-fraction must be in [0, 1), got {c.val_fraction}")
+    if c.lr_gamma is not None and c.lr_gamma > 1:
+        raise TrainError(f"--lr-gamma must be in (0, 1], got {c.lr_gamma}")
 
 
 def _check_intervals(c: TrainConfig) -> None:
@@ -152,7 +204,8 @@ def _check_intervals(c: TrainConfig) -> None:
 
 def _check_choices(c: TrainConfig) -> None:
     for name, choices in (("model", MODELS), ("likelihood", LIKELIHOODS), ("loss_backend", LOSS_BACKENDS),
-                          ("amp", AMP_MODES)):
+                          ("amp", AMP_MODES), ("lr_schedule", LR_SCHEDULES), ("data_layout", DATA_LAYOUTS),
+                          ("beta_error", BETA_ERRORS)):
         value = getattr(c, name)
         if value not in choices:
             raise TrainError(f"{_option(name)} must be one of {', '.join(choices)}, got {value!r}")
@@ -170,6 +223,10 @@ def _check_objective(c: TrainConfig) -> None:
         raise TrainError("--capacity and --target-rate are two ways to control the rate; give one")
     if schedule == "constrained" and c.beta <= 0:
         raise TrainError("--beta is the initial beta of the constrained schedule and must be > 0")
+    if c.lr_schedule == "step" and c.lr_decay_every is None:
+        raise TrainError("--lr-schedule step needs --lr-decay-every N (the steps between decays)")
+    if c.lr_schedule == "cosine" and c.lr_min > c.lr:
+        raise TrainError(f"--lr-min ({c.lr_min:g}) must not exceed --lr ({c.lr:g})")
     if c.likelihood not in SCALED_LIKELIHOODS and (c.learn_scale or c.log_scale != 0.0):
         raise TrainError(f"--log-scale/--learn-scale apply to the {' and '.join(SCALED_LIKELIHOODS)} likelihoods, "
                          f"not {c.likelihood!r}")
@@ -201,9 +258,9 @@ def compare_configs(stored: dict, given: dict, explicit: set) -> list:
     """(key, stored, given) for every explicitly given option that the checkpoint fixes differently."""
     diffs = []
     for key in sorted(explicit):
-        if key in RESUMABLE_KEYS or key not in stored:
+        if key in RESUMABLE_KEYS or (key not in stored and key not in LEGACY_VALUES):
             continue
-        a, b = stored[key], given[key]
+        a, b = stored.get(key, LEGACY_VALUES.get(key)), given[key]
         if key == "hidden":
             a, b = list(a), list(b)
         if key == "model" and b == "auto":

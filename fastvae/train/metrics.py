@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["METRICS_NAME", "METRICS_FORMAT", "ACTIVE_KL", "Timer", "Meter", "kl_per_dim", "evaluate"]
+__all__ = ["METRICS_NAME", "METRICS_FORMAT", "ACTIVE_KL", "Timer", "Meter", "kl_per_dim", "evaluate", "validate",
+           "VAL_KEYS"]
 
 METRICS_NAME = "metrics.json"
 METRICS_FORMAT = "fastvae-train-metrics/1"
@@ -18,6 +19,10 @@ METRICS_FORMAT = "fastvae-train-metrics/1"
 ACTIVE_KL = 0.1
 #: Samples of the fixed evaluation batch.
 EVAL_SAMPLES = 512
+#: Samples per forward pass of the held-out evaluation.
+VAL_BATCH = 256
+#: What :func:`validate` adds to an epoch's entry.
+VAL_KEYS = ("val_loss", "val_distortion", "val_rate", "val_elbo", "val_objective")
 
 
 class Timer:
@@ -166,11 +171,50 @@ def kl_per_dim(mu: Tensor, logvar: Tensor) -> list:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, seed: int, device: torch.device) -> dict:
-    """Per-dimension KL of the posterior over a fixed evaluation batch (eval mode, z = mu)."""
+def validate(model: nn.Module, dataset, indices: Tensor, *, likelihood: str, log_scale: float, beta: float,
+             capacity: Optional[float], seed: int) -> dict:
+    """The held-out numbers of ``model`` on the samples ``indices``: the distortion, the rate, the
+    negative ELBO (``val_loss`` = distortion + rate, what ``best.pt`` minimises, whatever beta is),
+    the ELBO and the training objective at the current ``beta`` (and ``capacity``).  Batch means in
+    nats per sample; z is drawn with the fused op from the same noise at every evaluation (a
+    generator seeded from the run's seed, rows addressed by position), so epochs compare."""
+    import fastvae as fv
+
+    from .seeding import val_noise_seed
+
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=indices.device).manual_seed(val_noise_seed(seed))
+    sums = torch.zeros(2, dtype=torch.float64, device=indices.device)
+    scale = model.log_scale if getattr(model, "log_scale", None) is not None else log_scale
+    try:
+        for start in range(0, len(indices), VAL_BATCH):
+            x = dataset.batch(indices[start:start + VAL_BATCH])
+            mu, logvar = model.encode(x)
+            generator.manual_seed(val_noise_seed(seed))
+            z, rate = fv.reparameterize_kl(mu, logvar, generator=generator, reduction="none", row_offset=start)
+            recon = model.decode(z).reshape(x.shape)
+            _, distortion, rate = fv.beta_vae_loss(recon, x, rate=rate, beta=1.0, likelihood=likelihood,
+                                                   log_scale=scale, reduction="sum")
+            sums += torch.stack([distortion, rate]).double()
+    finally:
+        model.train(was_training)
+    distortion, rate = (sums / max(1, len(indices))).tolist()
+    objective = distortion + beta * (abs(rate - capacity) if capacity is not None else rate)
+    return {"val_loss": distortion + rate, "val_distortion": distortion, "val_rate": rate,
+            "val_elbo": -(distortion + rate), "val_objective": objective}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, seed: int, device: torch.device, indices: Optional[Tensor] = None) -> dict:
+    """Per-dimension KL of the posterior over a fixed evaluation batch (eval mode, z = mu): the first
+    :data:`EVAL_SAMPLES` of ``indices`` (the held-out samples), or a fixed draw of the data."""
     from .seeding import eval_indices
 
-    indices = eval_indices(len(dataset), EVAL_SAMPLES, seed, device)
+    if indices is None or len(indices) == 0:
+        indices = eval_indices(len(dataset), EVAL_SAMPLES, seed, device)
+    else:
+        indices = indices[:EVAL_SAMPLES]
     x = dataset.batch(indices)
     was_training = model.training
     model.eval()

@@ -15,6 +15,7 @@ from .distributed import Dist
 from .errors import TrainError
 from .metrics import Meter
 from .model import build_model
+from .optim import WeightAverage, make_scaler
 from .plan import RunPlan
 from .process import ProcessState
 from .resume import Resumed
@@ -35,6 +36,13 @@ class Parts:
     meter: Meter
     step: int
     resumed: bool
+    ema: Optional[WeightAverage] = None
+    scaler: Optional[object] = None   # torch.amp.GradScaler of --amp fp16
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and plot: the moving average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def make_schedules(c: TrainConfig, kind: str, device: torch.device) -> tuple:
@@ -62,9 +70,12 @@ def build_parts(plan: RunPlan, d: Dist, process: ProcessState, resumed: Optional
     beta_schedule, capacity_schedule = make_schedules(c, kind, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
     meter = Meter(device, world_size=d.world_size, main=d.main)
+    ema = WeightAverage(model, c.ema_decay) if c.ema_decay else None
+    scaler = make_scaler(c, device)
     step = 0
     if resumed is not None:
         step = restore_checkpoint(resumed.checkpoint, resumed.path, model=model, optimizer=optimizer,
                                   beta_schedule=beta_schedule, capacity_schedule=capacity_schedule, meter=meter,
-                                  device=device)
-    return Parts(model, optimizer, kind, beta_schedule, capacity_schedule, meter, step, resumed is not None)
+                                  device=device, ema=ema, scaler=scaler)
+    return Parts(model, optimizer, kind, beta_schedule, capacity_schedule, meter, step, resumed is not None,
+                 ema=ema, scaler=scaler)

@@ -1,6 +1,7 @@
 """The pictures ``fastvae train`` leaves in its output folder (matplotlib, Agg backend).
 
-* ``curves.png``: loss, distortion, rate and beta against the training step;
+* ``curves.png``: loss, distortion, rate and beta (on a log axis) against the training step, with
+  the held-out numbers of each epoch as points;
 * ``reconstructions.png``: inputs next to their reconstructions (from ``z = mu``);
 * ``traversals.png``: for each latent dimension, sorted by its KL, the decoder output of ``mu + v e_d``
   for ``v`` in ``linspace(-2.5, 2.5)`` around one input's posterior mean ``mu``;
@@ -63,6 +64,11 @@ def _is_image(sample_shape) -> bool:
 
 
 def _data_mean(model: nn.Module, output: Tensor) -> Tensor:
+    """The decoder's data mean (the model's own rule when it has one: the continuous Bernoulli's mean
+    is not its parameter)."""
+    mean = getattr(model, "_data_mean", None)
+    if callable(mean):
+        return mean(output)
     return torch.sigmoid(output) if getattr(model, "likelihood", "bernoulli") == "bernoulli" else output
 
 
@@ -78,8 +84,10 @@ def _title(metrics: dict) -> str:
     data = metrics.get("data", {}).get("name", c.get("data", "?"))
     if isinstance(data, str) and os.sep in data:
         data = os.path.basename(data)
-    return (f"{c.get('model', '?')} VAE on {data}: latent {c.get('latent_dim', '?')}, {c.get('likelihood', '?')}, "
-            f"{_objective_text(c)}; step {metrics.get('step', '?')}")
+    scale = metrics.get("learned_scale")
+    sigma = f" (learned sigma {scale['sigma']:.3g})" if scale else ""
+    return (f"{c.get('model', '?')} VAE on {data}: latent {c.get('latent_dim', '?')}, {c.get('likelihood', '?')}"
+            f"{sigma}, {_objective_text(c)}; step {metrics.get('step', '?')}")
 
 
 # ----------------------------------------------------------------------------- curves
@@ -106,16 +114,37 @@ def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+    # The held-out numbers of each epoch, as points over the training curves.
+    epochs = [e for e in metrics.get("epochs") or [] if "val_loss" in e]
+    for ax, key, label in ((axes[0, 0], "val_objective", "held-out loss"),
+                           (axes[0, 1], "val_distortion", "held-out distortion"),
+                           (axes[1, 0], "val_rate", "held-out rate")):
+        if epochs:
+            ax.plot([e["step"] for e in epochs], [e.get(key, math.nan) for e in epochs], linestyle="none",
+                    marker="o", markersize=4, color="black", label=f"{label} (per epoch)")
+            ax.legend(loc="best", fontsize=8)
     rate_ax = axes[1, 0]
     config = metrics.get("config", {})
     if config.get("target_rate") is not None:
-        rate_ax.axhline(config["target_rate"], color="black", linestyle="--", linewidth=1,
-                        label=f"target rate {config['target_rate']:g}")
+        target = config["target_rate"]
+        rate_ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target rate {target:g}")
+        rate_ax.axhspan(0.9 * target, 1.1 * target, color="black", alpha=0.07, label="target +-10%")
         rate_ax.legend(loc="best", fontsize=8)
     if any("capacity" in h for h in history):
         rate_ax.plot(steps, [h.get("capacity", math.nan) for h in history], color="black", linestyle="--",
                      linewidth=1, label="capacity C")
         rate_ax.legend(loc="best", fontsize=8)
+    # beta on a log axis: a constrained beta moves by factors, and a fall to 1e-4 must show.
+    betas = [h["beta"] for h in history if math.isfinite(h.get("beta", math.nan)) and h["beta"] > 0]
+    if betas:
+        axes[1, 1].set_yscale("log")
+        axes[1, 1].set_title("beta (weight of the rate), log scale", fontsize=10)
+    sigmas = [h.get("sigma", math.nan) for h in history]
+    if any(math.isfinite(v) for v in sigmas):
+        twin = axes[1, 1].twinx()
+        twin.plot(steps, sigmas, color="tab:brown", linewidth=1, linestyle=":", label="learned sigma")
+        twin.set_ylabel("decoder sigma")
+        twin.legend(loc="lower right", fontsize=8)
     # The first steps of a VAE have a distortion orders of magnitude above the rest; a log scale keeps
     # the later, informative part of the curve readable.
     for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "distortion")):
@@ -276,14 +305,17 @@ def plot_traversals(model: nn.Module, x: Tensor, kl_per_dim, path: str, value_ra
 
 @torch.no_grad()
 def plot_samples(model: nn.Module, sample_shape, path: str, value_range=(0.0, 1.0), title: str = "",
-                 figures=None, n: int = 64, seed: int = 0) -> Optional[str]:
-    """A grid of decoder outputs for ``z ~ N(0, I)``."""
+                 figures=None, n: int = 64, seed: int = 0, images: Optional[Tensor] = None) -> Optional[str]:
+    """A grid of decoder outputs for ``z ~ N(0, I)`` (or of ``images``, samples drawn already)."""
     figures = figures or _figures()
     if figures is None or not _is_image(tuple(sample_shape)):
         return None
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    images = model.sample(n, generator=generator).reshape(n, *sample_shape)
+    if images is None:
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        images = model.sample(n, generator=generator)
+    n = images.shape[0]
+    images = images.reshape(n, *sample_shape)
     side = math.ceil(math.sqrt(n))
     grid = _montage(_display(images, value_range), math.ceil(n / side), side)
     fig, width, height = _figure(figures, grid, scale=1.25 if sample_shape[-1] >= 32 else 5.0, extra_w=0.4,
@@ -301,8 +333,10 @@ def plot_samples(model: nn.Module, sample_shape, path: str, value_range=(0.0, 1.
 
 
 def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: int = 0,
-                 log: Callable[[str], None] = print) -> list:
-    """Write the PNGs of a run into ``out``; returns their paths (none without matplotlib)."""
+                 log: Callable[[str], None] = print, indices: Optional[Tensor] = None) -> list:
+    """Write the PNGs of a run into ``out``; returns their paths (none without matplotlib).  The
+    reconstructions and the traversal are of held-out samples (the first of ``indices``) when there
+    are any, else of a fixed draw of the data."""
     figures = _figures()
     if figures is None:
         log("note: matplotlib is not installed, so no plots were written (pip install fastvae[plots])")
@@ -315,13 +349,15 @@ def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: in
         if getattr(model, "likelihood", None) == "bernoulli":
             value_range = (0.0, 1.0)
         device = next(model.parameters()).device
-        indices = eval_indices(len(dataset), 16, seed, device)
-        x = dataset.batch(indices)
+        if indices is None or len(indices) == 0:
+            indices = eval_indices(len(dataset), 16, seed, device)
+        x = dataset.batch(indices[:16])
         head = _title(metrics)
         png = {stem: os.path.join(out, f"{stem}.png") for stem in PNG_STEMS}
         paths.append(plot_curves(metrics, png["curves"], figures=figures))
+        inputs = "Held-out inputs" if (metrics.get("data") or {}).get("val") else "Inputs"
         paths.append(plot_reconstructions(model, x, png["reconstructions"], value_range,
-                                          title=f"Inputs and their reconstructions (decoded from z = mu)\n{head}",
+                                          title=f"{inputs} and their reconstructions (decoded from z = mu)\n{head}",
                                           figures=figures))
         kl = (metrics.get("evaluation") or {}).get("kl_per_dim")
         if kl is None:

@@ -55,10 +55,10 @@ def _merged_config(stored: dict, given: TrainConfig, explicit: set, path: str) -
         stored["epochs"] = None
     if "epochs" in explicit and "steps" not in explicit:
         stored["steps"] = None
-    if "time_limit" not in explicit:
-        stored["time_limit"] = None
+    # The time limit is per session: without --time-limit a resumed run keeps the one it was started
+    # with (--time-limit 0: none).
     try:
-        return TrainConfig.from_dict(stored)
+        return TrainConfig.from_dict(stored, stored=True)
     except TypeError as exc:
         raise TrainError(f"{path}: malformed config ({exc})") from None
 

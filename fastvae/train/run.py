@@ -8,9 +8,10 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
+from .checkpoint import checkpoint_bytes
 from .config import TrainConfig, check_config
 from .distributed import Dist, destroy_dist, dist_from_env, init_dist
-from .output import prepare_out
+from .output import PLOT_BYTES, prepare_out
 from .parts import build_parts
 from .plan import device_for, plan_run
 from .process import ProcessState
@@ -96,6 +97,15 @@ def train(
         destroy_dist(d)
 
 
+def _room(plan, parts) -> tuple:
+    """(bytes, what they are for): the disk space the run's files take at most."""
+    c = plan.config
+    one = checkpoint_bytes(sum(p.numel() for p in parts.model.parameters()), ema=parts.ema is not None)
+    # checkpoint.pt and its temporary during the atomic replace, the kept copies, best.pt
+    copies = 2 + (c.keep_checkpoints if c.keep_checkpoints > 1 else 0) + int(c.keep_best and plan.n_val > 0)
+    return copies * one + PLOT_BYTES, f"{copies} checkpoint files of about {one / 1e6:.1f} MB, and the plots"
+
+
 def _train(config: TrainConfig, d: Dist, process: ProcessState, stop: StopFlag, *, out, resume, overwrite,
            explicit: set, progress, log, dataset) -> TrainResult:
     # Validate everything that can be validated before anything is written.
@@ -115,7 +125,8 @@ def _train(config: TrainConfig, d: Dist, process: ProcessState, stop: StopFlag, 
     process.use_device(device)
     plan = plan_run(config, d, user_dataset=dataset, resumed=resumed, device=device)
     parts = build_parts(plan, d, process, resumed)
-    out = prepare_out(d, out, None if resumed is None else resumed.path, overwrite)
+    need, what = _room(plan, parts)
+    out = prepare_out(d, out, None if resumed is None else resumed.path, overwrite, need=need, what=what)
     trainer = Trainer(plan, parts, d, out=out, log=log, progress=progress, stop=stop)
     log(trainer.banner())
     total = plan.total_steps

@@ -8,13 +8,16 @@ and each rank of a DDP run reads its slice of the batch and of the noise.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-__all__ = ["mix", "noise_seed", "IndexStream", "eval_indices"]
+__all__ = ["mix", "noise_seed", "IndexStream", "eval_indices", "split_indices", "val_noise_seed"]
 
 _MASK64 = (1 << 64) - 1
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM = 0xDA7A, 0x5EED, 0xE7A1
+_SPLIT_STREAM, _VAL_STREAM = 0x5B17, 0x7A11
 
 
 def mix(*values: int) -> int:
@@ -34,14 +37,35 @@ def noise_seed(seed: int, step: int) -> int:
     return mix(seed, _NOISE_STREAM, step)
 
 
+def val_noise_seed(seed: int) -> int:
+    """The seed of the noise of every held-out evaluation (the same each epoch, so epochs compare)."""
+    return mix(seed, _VAL_STREAM)
+
+
+def split_indices(n: int, n_val: int, seed: int) -> tuple:
+    """(training indices or None, held-out indices): ``n_val`` samples drawn once from the seed, left
+    out of training; the training indices sorted, the held-out ones in the random order they were
+    drawn (the plots show the first of them).  ``n_val = 0``: (None, an empty tensor), the whole data
+    trains."""
+    if n_val <= 0:
+        return None, torch.zeros(0, dtype=torch.long)
+    generator = torch.Generator().manual_seed(mix(seed, _SPLIT_STREAM))
+    perm = torch.randperm(n, generator=generator)
+    return perm[n_val:].sort().values, perm[:n_val]
+
+
 class IndexStream:
     """Sample indices: the concatenation of per-pass permutations of ``range(n)``; pass ``p`` is
     ``randperm(n)`` seeded from ``(seed, p)``.  Position ``step * batch + offset`` is a pure function
     of the seed, so resuming needs only the step, and each rank reads its own slice of the global
-    batch."""
+    batch.  With ``subset`` (the training indices when some data is held out) the permutations are
+    of ``range(len(subset))`` and each position is mapped through ``subset``."""
 
-    def __init__(self, n: int, seed: int, device: torch.device):
+    def __init__(self, n: int, seed: int, device: torch.device, subset: Optional[Tensor] = None):
         self.n, self.seed, self.device = n, seed, device
+        self.subset = None if subset is None else subset.to(device)
+        if self.subset is not None:
+            self.n = len(self.subset)
         self._perms: dict = {}
 
     def _perm(self, p: int) -> Tensor:
@@ -60,7 +84,8 @@ class IndexStream:
             count = min(end - pos, self.n - offset)
             parts.append(self._perm(p)[offset:offset + count])
             pos += count
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        taken = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return taken if self.subset is None else self.subset[taken]
 
 
 def eval_indices(n: int, count: int, seed: int, device) -> Tensor:
