@@ -1,6 +1,8 @@
 """The ``fastvae`` command: ``fastvae train`` (train a VAE, see :mod:`fastvae.train`), ``fastvae
-sample`` (a grid of prior samples of a trained run) and ``fastvae bench`` (time the fused ops, see
-:mod:`fastvae.bench`).
+sample`` (a grid of prior samples of a trained run), ``fastvae eval`` (what a run learned: rate,
+distortion, the importance-sampled log-likelihood, per-dimension KL, MIG; :mod:`fastvae.train.evaluate`),
+``fastvae sweep`` (one run per beta and the rate-distortion curve; :mod:`fastvae.train.sweep`) and
+``fastvae bench`` (time the fused ops, see :mod:`fastvae.bench`).
 
 ``python -m fastvae ...`` is the same command.  Many GPUs: ``torchrun --nproc-per-node N -m fastvae train ...``.
 """
@@ -226,8 +228,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastvae", description="fastvae: fused Triton kernels for training VAEs.",
-        epilog="Run 'fastvae train -h' or 'fastvae bench -h' for the options of a command.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,bench}")
+        epilog="Run 'fastvae COMMAND -h' (train, sample, eval, sweep, bench) for the options of a command.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,sweep,bench}")
     train = sub.add_parser(
         "train", help="train a VAE (default: a beta-VAE on procedural shapes) and plot what it learned",
         description="Train a VAE with fastvae's fused loss and write checkpoints, metrics.json and plots.",
@@ -241,6 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fastvae sample runs/20250101-120000 --n 64",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sample_arguments(sample)
+    evaluate = sub.add_parser(
+        "eval", help="measure a trained run: rate, distortion, ELBO, IS log-likelihood, per-dimension KL, MIG",
+        description="Evaluate a fastvae train run on its held-out data and write RUN/eval.json and "
+                    "RUN/kl_per_dim.png: rate, distortion and ELBO, the importance-sampled log-likelihood with its "
+                    "k, the KL of each latent dimension and the active ones (KL above 0.01 nats), and MIG where "
+                    "the data has ground-truth factors (shapes).",
+        epilog="example: fastvae eval runs/20250101-120000 --k 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_arguments(evaluate)
+    sweep = sub.add_parser(
+        "sweep", help="train one run per beta and draw the rate-distortion curve",
+        description="Train one beta-VAE per beta (same seed, same data order), each a normal run folder "
+                    "OUT/beta-<beta> that fastvae eval and --resume understand, then write OUT/sweep.json and "
+                    "OUT/rate_distortion.png (distortion against rate with lines of equal ELBO, and MIG per beta "
+                    "where the data has factors).  An interrupted sweep continues where it stopped when the same "
+                    "command is run again.  Every fastvae train option applies to all the runs.",
+        epilog=_SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS)
+    sweep.add_argument("--betas", type=_betas, metavar="B,B,...",
+                       help="comma-separated betas (default " + ",".join(f"{b:g}" for b in _default_betas()) + ")")
+    sweep.add_argument("--eval-n", type=_positive_int, metavar="N",
+                       help="held-out samples each run is evaluated on (default 2000)")
+    add_train_arguments(sweep)
     sub.add_parser("bench", help="time fastvae's ops against eager PyTorch and torch.compile", add_help=False)
     return parser
 
@@ -256,6 +281,55 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="auto: the moving average of the weights when the run kept one (default)")
     parser.add_argument("--best", action="store_true", help="the model of best.pt (lowest held-out loss)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    return parser
+
+
+_SWEEP_EPILOG = """\
+examples:
+  fastvae sweep --out runs/sweep                        # betas 0.25 .. 16 on shapes (about 10 min on a 2-core CPU)
+  fastvae sweep --betas 0.5,1,4 --steps 2000 --out runs/sweep-long
+  fastvae sweep --device cuda --batch-size 1024 --steps 20000 --out runs/sweep-gpu
+
+On a CPU without --steps/--epochs each run trains a short fixed number of steps (said in the output).
+Without --out the sweep goes to runs/sweep, so the same command continues an interrupted sweep.
+"""
+
+
+def _default_betas() -> tuple:
+    from .train.sweep import DEFAULT_BETAS
+
+    return DEFAULT_BETAS
+
+
+def _betas(text: str) -> list:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fastvae eval``."""
+    parser.add_argument("run", metavar="RUN", help="a run folder of fastvae train")
+    parser.add_argument("--k", type=_positive_int, default=1000, metavar="K",
+                        help="importance samples of the log-likelihood estimate (default 1000)")
+    parser.add_argument("--n", type=_positive_int, default=10000, metavar="N",
+                        help="held-out samples for rate, distortion, per-dimension KL and MIG (default 10000, at "
+                             "most the run's held-out samples)")
+    parser.add_argument("--ll-n", type=_positive_int, default=None, metavar="N",
+                        help="samples of the log-likelihood estimate, which costs N * K decoder passes (default: "
+                             "all N on a GPU; 50000 // K, at least 16, on a CPU)")
+    parser.add_argument("--chunk", type=_positive_int, default=None, metavar="C",
+                        help="importance samples decoded at once (default: as many as fit 2^24 elements)")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--no-mig", dest="mig", action="store_false", help="leave MIG out")
+    parser.add_argument("--no-log-likelihood", dest="log_likelihood", action="store_false",
+                        help="leave the importance-sampled log-likelihood out")
+    parser.add_argument("--progress", choices=("auto", "bar", "plain"), default="auto",
+                        help="progress bars, or none (plain); auto: bars when stderr is a terminal")
     return parser
 
 
@@ -318,6 +392,52 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_eval(args: argparse.Namespace) -> int:
+    from .environment import resolve_device
+    from .train import TrainError
+    from .train.evaluate import evaluate_run
+
+    progress = {"bar": True, "plain": False}.get(args.progress)
+    try:
+        evaluate_run(args.run, k=args.k, n=args.n, ll_n=args.ll_n, chunk=args.chunk, device=resolve_device(args.device),
+                     mig=args.mig, log_likelihood=args.log_likelihood, progress=progress, log=_log)
+    except (TrainError, ValueError) as exc:
+        print(f"fastvae eval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastvae eval: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .train import TrainError
+    from .train.sweep import DEFAULT_BETAS, sweep
+
+    for name in ("resume", "overwrite"):
+        if hasattr(args, name):
+            print(f"fastvae sweep: error: --{name} does not apply to a sweep: run the same command again and it "
+                  "continues where it stopped (finished runs are kept, a stopped one resumes)", file=sys.stderr)
+            return 2
+    config, explicit = train_config_from_args(args)
+    if "beta" in explicit:
+        print("fastvae sweep: error: --beta: the sweep sets beta per run; give the betas with --betas",
+              file=sys.stderr)
+        return 2
+    progress = {"bar": True, "plain": False}.get(getattr(args, "progress", "auto"))
+    try:
+        report = sweep(getattr(args, "betas", DEFAULT_BETAS), config, out=getattr(args, "out", "runs/sweep"),
+                       explicit=explicit, n=getattr(args, "eval_n", 2000), progress=progress, log=_log)
+    except (TrainError, DataError, ImportError) as exc:
+        print(f"fastvae sweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastvae sweep: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    return 0 if "status" not in report else 1
+
+
 def _run_bench(argv: Sequence[str]) -> int:
     try:
         from . import bench
@@ -351,6 +471,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.command == "sample":
         return _run_sample(args)
+    if args.command == "eval":
+        return _run_eval(args)
+    if args.command == "sweep":
+        return _run_sweep(args)
     return _run_train(args)
 
 

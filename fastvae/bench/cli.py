@@ -3,7 +3,8 @@
 Where it writes: the folder ``--out`` names, by default a new ``bench-results/<device>-<date-time>/``
 under the current directory: ``<device>.json``, one PNG per op and ``README.md`` with the summary
 tables.  The repository's committed results (``bench/results/`` and the block of ``bench/README.md``)
-are written only with ``--update-results``.
+are written only with ``--update-results``.  ``--suite objectives`` runs
+:mod:`fastvae.bench.objectives` instead and writes ``<device>-objectives.json`` the same way.
 
 On the CPU the run pins torch's thread count (:data:`DEFAULT_CPU_THREADS` unless ``--threads``):
 with the default count on a machine that is busy with other work the timings snap to the OS
@@ -25,13 +26,17 @@ from typing import Optional, Sequence
 
 from ..environment import resolve_device
 from . import cases as C
+from .objectives import OBJECTIVE_OPS, ObjectiveConfig, run_objectives
 from .results import load_json, merge_reports, write_json
 from .runner import run_benchmarks
 
-__all__ = ["add_arguments", "run", "main", "report_module", "checkout_root", "DEFAULT_CPU_THREADS"]
+__all__ = ["add_arguments", "run", "main", "report_module", "checkout_root", "objectives_table", "DEFAULT_CPU_THREADS",
+           "SUITES"]
 
 #: torch's thread count for a CPU run without --threads.
 DEFAULT_CPU_THREADS = 1
+#: ``--suite``: the op sweep, or the objectives against their eager big-intermediate forms.
+SUITES = ("ops", "objectives")
 
 
 class BenchError(Exception):
@@ -133,7 +138,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--plot-only", metavar="JSON", default=None,
                         help="run nothing: write the plots and the README table from a JSON report")
     parser.add_argument("--quiet", action="store_true")
+    obj = parser.add_argument_group(
+        "--suite objectives: tc_decomposition and the IWAE log-likelihood and loss against their eager forms "
+        "(time and peak memory; eager cases over --memory-budget are skipped with their predicted size)")
+    obj.add_argument("--suite", choices=SUITES, default="ops",
+                     help="ops: the fused ops against eager and torch.compile (default); objectives: the streaming "
+                          "objectives against the eager big-intermediate form, written to <device>-objectives.json")
+    obj.add_argument("--objectives", type=_csv(OBJECTIVE_OPS), default=list(OBJECTIVE_OPS),
+                     help=f"comma-separated subset of {','.join(OBJECTIVE_OPS)}")
+    obj.add_argument("--tc-batches", type=_ints, default=None, metavar="B,B,...",
+                     help=f"batch sizes of tc_decomposition (default {_join(ObjectiveConfig.tc_batches)})")
+    obj.add_argument("--iwae-ks", type=_ints, default=None, metavar="K,K,...",
+                     help=f"k of the IWAE log-likelihood (default {_join(ObjectiveConfig.iwae_ks)})")
+    obj.add_argument("--iwae-loss-ks", type=_ints, default=None, metavar="K,K,...",
+                     help=f"k of the IWAE loss (default {_join(ObjectiveConfig.iwae_loss_ks)})")
+    obj.add_argument("--memory-budget", type=float, default=ObjectiveConfig.memory_budget / 2**30, metavar="GIB",
+                     help="eager cases predicted to need more than this many GiB are skipped (default %(default)g)")
     return parser
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _join(values) -> str:
+    return ",".join(str(v) for v in values)
 
 
 def _json_path(args: argparse.Namespace, slug: str) -> Path:
@@ -214,15 +249,75 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.plot_only:
-        return _plot_only(args)
-    device = _device(args.device)
+def _threads(args: argparse.Namespace, device) -> Optional[int]:
     threads = args.threads
     if threads is None and device.type == "cpu":
         threads = DEFAULT_CPU_THREADS
     if threads is not None and threads < 1:
         raise BenchError(f"--threads must be >= 1, got {threads}")
+    return threads
+
+
+def _announce(args: argparse.Namespace, path: Path, device, threads: Optional[int]) -> None:
+    if not args.quiet:
+        pinned = (f"; CPU threads: {threads}" + (" (pinned by default; --threads N to change)"
+                                                 if args.threads is None else "")) if device.type == "cpu" else ""
+        print(f"fastvae bench: writing {path}{pinned}")
+
+
+def _run_objectives(args: argparse.Namespace) -> int:
+    """``--suite objectives``: :func:`fastvae.bench.objectives.run_objectives`, its JSON and a ratio table."""
+    import torch
+
+    from .device import device_info
+
+    device = _device(args.device)
+    threads = _threads(args, device)
+    if not args.memory_budget > 0:
+        raise BenchError(f"--memory-budget must be > 0 GiB, got {args.memory_budget:g}")
+    sizes = {name: getattr(args, name) for name in ("tc_batches", "iwae_ks", "iwae_loss_ks")
+             if getattr(args, name) is not None}
+    cfg = ObjectiveConfig(device=str(device), ops=args.objectives, memory_budget=int(args.memory_budget * 2**30),
+                          rep_ms=args.rep_ms, seed=args.seed, quiet=args.quiet, **sizes)
+    slug = device_info(device)["slug"]
+    path = _json_path(args, slug + "-objectives")
+    _check_output(path)
+    _announce(args, path, device, threads)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        report = run_objectives(cfg)
+    finally:
+        torch.set_num_threads(previous)
+    report["config"]["threads"] = threads
+    write_json(report, path)
+    if not args.quiet:
+        print(objectives_table(report))
+        print(f"wrote {path}")
+    return 0
+
+
+def objectives_table(report: dict) -> str:
+    """A markdown table of an objectives report: eager / fastvae time and peak memory per size."""
+    lines = ["| op | batch | k | eager / fastvae time | eager / fastvae peak memory |", "|---|---:|---:|---:|---:|"]
+    for r in report["ratios"]:
+        k = "" if r.get("k") is None else str(r["k"])
+        if r.get("eager") == "skipped":
+            lines.append(f"| {r['op']} | {r['batch']} | {k} | eager skipped (over the memory budget) | |")
+            continue
+        mem = f"{r['memory_ratio']:.2f}x" if "memory_ratio" in r else "-"
+        lines.append(f"| {r['op']} | {r['batch']} | {k} | {r['speedup']:.2f}x | {mem} |")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.plot_only:
+        return _plot_only(args)
+    if args.suite == "objectives":
+        return _run_objectives(args)
+    device = _device(args.device)
+    threads = _threads(args, device)
     config = C.BenchConfig(
         device=str(device), ops=args.ops, modes=args.modes, providers=args.providers,
         dtypes=args.dtypes, max_elements=args.max_elements, min_batch=args.min_batch,
@@ -234,10 +329,7 @@ def _run(args: argparse.Namespace) -> int:
     slug = device_info(device)["slug"]
     path = _json_path(args, slug)
     _check_output(path)
-    if not args.quiet:
-        pinned = (f"; CPU threads: {threads}" + (" (pinned by default; --threads N to change)"
-                                                 if args.threads is None else "")) if device.type == "cpu" else ""
-        print(f"fastvae bench: writing {path}{pinned}")
+    _announce(args, path, device, threads)
     earlier: dict = {}  # with --merge: the report at the output path before this run, read once
 
     def save(report: dict, partial: bool) -> Path:
