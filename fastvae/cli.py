@@ -27,6 +27,9 @@ examples:
   fastvae train --data images.npz:x --likelihood gaussian --learn-scale
   fastvae train --target-rate 15                  # constrained beta: hold the KL at 15 nats
   fastvae train --capacity 25 --capacity-steps 5000 --beta 100      # Burgess et al. capacity
+  fastvae train --objective tcvae --beta 6                           # beta-TCVAE: penalize the TC
+  fastvae train --objective iwae --k 5                               # the IWAE bound
+  fastvae train --free-bits 0.5                                      # a floor of 0.5 nats per dimension
   fastvae train --resume runs/shapes --steps 40000                   # continue (exactly) and extend
   torchrun --nproc-per-node 8 -m fastvae train --batch-size 8192     # DDP; --batch-size is global
 
@@ -132,6 +135,24 @@ def _objective_options(g, d) -> None:
     g.add_argument("--beta-max-step", type=_float, metavar="X",
                    help="constrained beta: bound of the change of log(beta) per step"
                         + (f" (default {d.beta_max_step:g})" if d.beta_max_step else ""))
+    g.add_argument("--objective", choices=tc.OBJECTIVES,
+                   help="beta-vae: distortion + beta * rate (default); tcvae: beta-TCVAE, distortion + alpha * MI + "
+                        "beta * TC + gamma * dimension-wise KL (Chen et al. 2018; --beta weighs the TC); iwae: the "
+                        "importance-weighted bound with --k samples (Burda et al. 2016; no beta)")
+    g.add_argument("--alpha", dest="tc_alpha", type=_float, metavar="X",
+                   help=f"tcvae: weight of the index-code mutual information (default {d.tc_alpha:g})")
+    g.add_argument("--gamma", dest="tc_gamma", type=_float, metavar="X",
+                   help=f"tcvae: weight of the dimension-wise KL (default {d.tc_gamma:g})")
+    g.add_argument("--tc-estimator", choices=tc.TC_ESTIMATORS,
+                   help=f"tcvae: minibatch stratified (mss) or weighted (mws) sampling (default {d.tc_estimator})")
+    g.add_argument("--k", dest="iwae_k", type=_positive_int, metavar="K",
+                   help=f"iwae: importance samples per input (default {d.iwae_k}; 1 is the ELBO)")
+    g.add_argument("--free-bits", type=_float, metavar="NATS",
+                   help="beta-vae: free bits, a floor of NATS on the KL of each latent dimension (batch mean; "
+                        "Kingma et al. 2016) or of each sample (--free-bits-mode sample); the rate reported stays "
+                        "the true KL")
+    g.add_argument("--free-bits-mode", choices=tc.FREE_BITS_MODES,
+                   help=f"free bits per latent dimension or per sample (default {d.free_bits_mode})")
     g.add_argument("--capacity", type=_float, metavar="X",
                    help="capacity C in nats (Burgess et al. 2018): beta * |rate - C|")
     g.add_argument("--capacity-steps", type=_nonneg_int, metavar="N",

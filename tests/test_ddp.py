@@ -84,3 +84,37 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, monk
     for a, b in zip(resumed["metrics"]["epochs"], single["metrics"]["epochs"]):
         for key in ("loss", "distortion", "rate"):
             assert abs(a[key] - b[key]) <= 1e-4 * abs(b[key]) + 1e-5, (key, a, b)
+
+
+# The objectives that need the global batch: free bits per dimension (the floor is applied to the global
+# per-dimension means; lambda sits near this model's early per-dimension KL so that the ranks' own means fall
+# on different sides of it) and beta-TCVAE (the log-sum-exps run over the global batch).
+OBJECTIVE_ARGS = ["--model", "mlp", "--hidden", "16", "--latent-dim", "3", "--batch-size", "8", "--steps", "4",
+                  "--lr", "1e-2", "--log-every", "2", "--steps-per-epoch", "2", "--no-plots", "--device", "cpu",
+                  "--beta-schedule", "constant"]
+
+
+@pytest.mark.parametrize("extra, keys", [
+    (["--free-bits", "0.013", "--beta", "20"], ("loss", "distortion", "rate")),
+    (["--objective", "tcvae", "--beta", "6", "--alpha", "0.5", "--gamma", "2"],
+     ("loss", "distortion", "rate", "mi", "tc", "dwkl")),
+], ids=["free-bits-dim", "tcvae"])
+def test_objectives_on_two_processes_match_one_process(tmp_path, monkeypatch, extra, keys):
+    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
+    _torchrun(tmp_path, *OBJECTIVE_ARGS, *extra, "--out", str(ddp_out))
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(["train", *OBJECTIVE_ARGS, *extra, "--out", str(single_out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ddp, single = load_checkpoint(str(ddp_out)), load_checkpoint(str(single_out))
+    assert ddp["world_size"] == 2 and ddp["step"] == single["step"] == 4
+    for key, value in single["model"].items():
+        torch.testing.assert_close(ddp["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(ddp["metrics"]["history"], single["metrics"]["history"], strict=True):
+        for key in keys:
+            assert abs(a[key] - b[key]) <= 1e-4 * abs(b[key]) + 1e-5, (key, a, b)

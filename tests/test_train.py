@@ -20,7 +20,7 @@ from fastvae import cli
 from fastvae.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, load_checkpoint, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PNGS = ("curves.png", "reconstructions.png", "traversals.png", "samples.png")
+PNGS = ("curves.png", "reconstructions.png", "traversals.png", "samples.png", "kl_per_dim.png")
 # A tiny model and batch: a step takes milliseconds on one CPU thread.
 TINY = ["--model", "mlp", "--hidden", "32", "--latent-dim", "4", "--batch-size", "8", "--lr", "3e-3"]
 
@@ -165,7 +165,7 @@ def test_vectors_gaussian_digits_like(tmp_path):
     assert run_cli("--data", f"{data}:x", "--likelihood", "gaussian", "--learn-scale", "--hidden", 16,
                    "--latent-dim", 2, "--batch-size", 8, "--steps", 3, "--out", out) == 0
     m = metrics(out)
-    assert m["config"]["model"] == "mlp" and m["plots"] == ["curves.png", "reconstructions.png"]
+    assert m["config"]["model"] == "mlp" and m["plots"] == ["curves.png", "reconstructions.png", "kl_per_dim.png"]
 
 
 # ----------------------------------------------------------------------------- resume

@@ -183,11 +183,11 @@ def test_divergence_tells_what_is_kept_and_writes_metrics(tmp_path, monkeypatch,
     add = train_metrics.Meter.add
     count = []
 
-    def nan_from_step_5(self, value, distortion, rate):
+    def nan_from_step_5(self, value, distortion, rate, extras=None):
         count.append(1)
         if len(count) >= 5:
             value = value * float("nan")
-        return add(self, value, distortion, rate)
+        return add(self, value, distortion, rate, extras)
 
     monkeypatch.setattr(train_metrics.Meter, "add", nan_from_step_5)
     out = tmp_path / "run"

@@ -26,7 +26,8 @@ __all__ = [
     "TrainConfig", "MODELS", "LOSS_BACKENDS", "AMP_MODES", "BETA_SCHEDULES", "LIKELIHOODS", "SCALED_LIKELIHOODS",
     "SHAPES_STEPS_PER_EPOCH", "DEFAULT_STEPS", "DEFAULT_TIME_LIMIT", "RESUMABLE_KEYS", "check_config",
     "schedule_kind", "compare_configs", "data_key", "NAMED_DATASETS", "is_named_dataset", "LR_SCHEDULES",
-    "DATA_LAYOUTS", "BETA_ERRORS", "LEGACY_VALUES", "SHAPES_VAL_SAMPLES", "DEFAULT_VAL_FRACTION",
+    "DATA_LAYOUTS", "BETA_ERRORS", "LEGACY_VALUES", "SHAPES_VAL_SAMPLES", "DEFAULT_VAL_FRACTION", "OBJECTIVES",
+    "FREE_BITS_MODES", "TC_ESTIMATORS", "UNIT_INTERVAL_LIKELIHOODS",
 ]
 
 MODELS = ("auto", "conv", "mlp")
@@ -37,6 +38,15 @@ AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "step")
 #: ``--data-layout``: how 4-D arrays are read (auto: (N, H, W, C) with C in 1, 3, 4 is channels-last).
 DATA_LAYOUTS = ("auto", "channels-first", "channels-last")
+#: ``--objective``: the beta-VAE (distortion + beta * rate, optionally with free bits or a capacity), the
+#: beta-TCVAE (distortion + alpha * MI + beta * TC + gamma * dimension-wise KL) or the IWAE bound with k samples.
+OBJECTIVES = ("beta-vae", "tcvae", "iwae")
+#: ``--free-bits-mode``: the threshold per latent dimension (batch mean, Kingma et al. 2016) or per sample.
+FREE_BITS_MODES = ("dim", "sample")
+#: ``--tc-estimator``: minibatch stratified or weighted sampling (Chen et al. 2018).
+TC_ESTIMATORS = ("mss", "mws")
+#: Likelihoods whose targets must lie in [0, 1].
+UNIT_INTERVAL_LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 #: ``--beta-error``: how the constrained schedule measures the rate's distance from the target.
 BETA_ERRORS = ("log_ratio", "nats")
 #: The ``--beta-schedule`` choices: the kinds of :mod:`fastvae.schedules.kinds`.
@@ -73,7 +83,8 @@ LEGACY_VALUES = {
     "beta_error": "nats", "beta_max_step": None, "constrained_warmup": False, "lr_schedule": "constant",
     "lr_min": 0.0, "lr_decay_every": None, "lr_gamma": 0.5, "grad_clip": None, "ema_decay": None,
     "val_fraction": 0.0, "data_layout": "channels-first", "keep_checkpoints": 1, "keep_best": False,
-    "tensorboard": None,
+    "tensorboard": None, "objective": "beta-vae", "iwae_k": 5, "tc_alpha": 1.0, "tc_gamma": 1.0,
+    "tc_estimator": "mss", "free_bits": None, "free_bits_mode": "dim",
 }
 
 
@@ -110,6 +121,13 @@ class TrainConfig:
     constrained_warmup: bool = True        # constrained: beta warms up over warmup_steps before the ascent
     capacity: Optional[float] = None       # C in beta*|rate - C| (nats), ramped from 0
     capacity_steps: int = 0
+    objective: str = "beta-vae"            # beta-vae, tcvae or iwae
+    iwae_k: int = 5                        # iwae: importance samples per input (--k; 1 is the ELBO)
+    tc_alpha: float = 1.0                  # tcvae: weight of the index-code mutual information (--alpha)
+    tc_gamma: float = 1.0                  # tcvae: weight of the dimension-wise KL (--gamma); beta weighs the TC
+    tc_estimator: str = "mss"              # tcvae: minibatch stratified (mss) or weighted (mws) sampling
+    free_bits: Optional[float] = None      # beta-vae: nats per dimension ('dim') or per sample ('sample')
+    free_bits_mode: str = "dim"
     batch_size: int = 64
     lr: float = 3e-3
     lr_warmup: int = 100                   # steps of linear learning-rate warm-up from 0
@@ -164,24 +182,29 @@ def schedule_kind(c: TrainConfig) -> str:
     return default_kind(c.beta_schedule, c.target_rate)
 
 
+#: Config entries whose option is not ``--`` + the name with dashes.
+_OPTION_NAMES = {"iwae_k": "--k", "tc_alpha": "--alpha", "tc_gamma": "--gamma"}
+
+
 def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _OPTION_NAMES.get(name) or "--" + name.replace("_", "-")
 
 
 def _check_ranges(c: TrainConfig) -> None:
     for name in ("latent_dim", "batch_size", "lr", "steps", "epochs", "steps_per_epoch", "checkpoint_every",
                  "log_every", "threads", "cycle_steps", "n_cycles", "beta_lr", "beta_max_step", "lr_decay_every",
-                 "lr_gamma", "grad_clip", "keep_checkpoints"):
+                 "lr_gamma", "grad_clip", "keep_checkpoints", "iwae_k"):
         value = getattr(c, name)
         if value is not None and not value > 0:
             raise TrainError(f"{_option(name)} must be > 0, got {value}")
     for name in ("beta", "beta_start", "warmup_steps", "lr_warmup", "capacity", "capacity_steps", "target_rate",
-                 "time_limit", "lr_min"):
+                 "time_limit", "lr_min", "tc_alpha", "tc_gamma", "free_bits"):
         value = getattr(c, name)
         if value is not None and not value >= 0:
             raise TrainError(f"{_option(name)} must be >= 0, got {value}")
     for name in ("lr", "beta", "log_scale", "beta_start", "capacity", "target_rate", "beta_lr", "beta_max_step",
-                 "lr_min", "lr_gamma", "grad_clip", "time_limit", "ema_decay", "val_fraction"):
+                 "lr_min", "lr_gamma", "grad_clip", "time_limit", "ema_decay", "val_fraction", "tc_alpha", "tc_gamma",
+                 "free_bits"):
         value = getattr(c, name)
         if value is not None and not math.isfinite(value):
             raise TrainError(f"{_option(name)} must be finite, got {value}")
@@ -205,7 +228,8 @@ def _check_intervals(c: TrainConfig) -> None:
 def _check_choices(c: TrainConfig) -> None:
     for name, choices in (("model", MODELS), ("likelihood", LIKELIHOODS), ("loss_backend", LOSS_BACKENDS),
                           ("amp", AMP_MODES), ("lr_schedule", LR_SCHEDULES), ("data_layout", DATA_LAYOUTS),
-                          ("beta_error", BETA_ERRORS)):
+                          ("beta_error", BETA_ERRORS), ("objective", OBJECTIVES), ("free_bits_mode", FREE_BITS_MODES),
+                          ("tc_estimator", TC_ESTIMATORS)):
         value = getattr(c, name)
         if value not in choices:
             raise TrainError(f"{_option(name)} must be one of {', '.join(choices)}, got {value!r}")
@@ -230,6 +254,25 @@ def _check_objective(c: TrainConfig) -> None:
     if c.likelihood not in SCALED_LIKELIHOODS and (c.learn_scale or c.log_scale != 0.0):
         raise TrainError(f"--log-scale/--learn-scale apply to the {' and '.join(SCALED_LIKELIHOODS)} likelihoods, "
                          f"not {c.likelihood!r}")
+    _check_objective_kind(c, schedule)
+
+
+def _check_objective_kind(c: TrainConfig, schedule: str) -> None:
+    """The options each ``--objective`` takes (the option names in the messages)."""
+    if c.objective != "beta-vae" and c.loss_backend != "fastvae":
+        raise TrainError(f"--objective {c.objective} runs on fastvae's ops: leave out --loss-backend torch (the "
+                         "eager baseline of the beta-VAE loss)")
+    if c.free_bits is not None and c.objective != "beta-vae":
+        raise TrainError(f"--free-bits applies to the beta-vae objective, not --objective {c.objective}")
+    if c.free_bits is not None and c.loss_backend != "fastvae":
+        raise TrainError("--free-bits runs on fastvae's ops: leave out --loss-backend torch")
+    if c.free_bits is not None and c.capacity is not None:
+        raise TrainError("--free-bits and --capacity are two ways to keep the rate up; give one")
+    if c.objective != "beta-vae" and c.capacity is not None:
+        raise TrainError(f"--capacity belongs to the beta-vae objective, not --objective {c.objective}")
+    if c.objective != "beta-vae" and schedule == "constrained":
+        raise TrainError(f"--target-rate (constrained beta) belongs to the beta-vae objective, not --objective "
+                         f"{c.objective}")
 
 
 def check_config(c: TrainConfig) -> None:

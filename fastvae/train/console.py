@@ -104,13 +104,27 @@ def banner(config, *, kind: str, parameters: int, data_info: dict, total_steps: 
     lines = [
         f"fastvae train: {c.model} VAE ({parameters / 1e6:.2f}M parameters, latent {c.latent_dim}, "
         f"{c.likelihood}) on {data_info['name']} {tuple(data_info['sample_shape'])}{split}",
-        f"  beta {beta}{capacity}",
+        f"  {_objective_line(c, beta, capacity)}",
         f"  batch {c.batch_size}{processes}, {lr}, {c.steps_per_epoch} steps/epoch, device {device}{extras}",
         f"  budget {_budget_line(c, total_steps, list(history), resumed_at)}",
         f"  output {out}" + (f" (resuming at step {resumed_at})" if resumed_at is not None else ""),
     ]
     lines += [f"note: {n}" for n in notes] + _hints(c, device)
     return "\n".join(lines)
+
+
+def _objective_line(c, beta: str, capacity: str) -> str:
+    """The banner's objective line."""
+    if c.objective == "iwae":
+        return f"objective: IWAE bound with k = {c.iwae_k} importance samples per input (no beta)"
+    if c.objective == "tcvae":
+        return (f"objective: beta-TCVAE, distortion + {c.tc_alpha:g} MI + beta TC + {c.tc_gamma:g} dim-wise KL "
+                f"({c.tc_estimator} estimator); beta {beta}")
+    free_bits = ""
+    if c.free_bits is not None:
+        per = "latent dimension (batch mean)" if c.free_bits_mode == "dim" else "sample"
+        free_bits = f", free bits {c.free_bits:g} nats per {per}"
+    return f"beta {beta}{capacity}{free_bits}"
 
 
 def _sigma(entry: dict) -> str:
@@ -124,16 +138,25 @@ def _held_out(entry: dict) -> str:
             f"rate {number(entry['val_rate'])})")
 
 
+def _tc_terms(entry: dict) -> str:
+    """The beta-TCVAE decomposition of the rate, when the run measures it."""
+    if "tc" not in entry:
+        return ""
+    return f" (mi {number(entry['mi'])}, tc {number(entry['tc'])}, dwkl {number(entry['dwkl'])})"
+
+
 def format_entry(entry: dict) -> str:
     """A reading or an epoch as a log line."""
-    return (f"loss {number(entry['loss'])} | distortion {number(entry['distortion'])} | rate {number(entry['rate'])} | "
-            f"beta {entry['beta']:.3g}{_sigma(entry)} | {entry['samples_per_s']:,.0f} samples/s{_held_out(entry)}")
+    return (f"loss {number(entry['loss'])} | distortion {number(entry['distortion'])} | rate {number(entry['rate'])}"
+            f"{_tc_terms(entry)} | beta {entry['beta']:.3g}{_sigma(entry)} | {entry['samples_per_s']:,.0f} samples/s"
+            f"{_held_out(entry)}")
 
 
 def format_short(entry: dict) -> str:
     """A reading as the progress bar's postfix."""
     return (f"loss={entry['loss']:.4g} dist={entry['distortion']:.4g} rate={entry['rate']:.3g} "
-            f"beta={entry['beta']:.3g}" + (f" sigma={entry['sigma']:.3g}" if "sigma" in entry else "")
+            + (f"tc={entry['tc']:.3g} " if "tc" in entry else "") + f"beta={entry['beta']:.3g}"
+            + (f" sigma={entry['sigma']:.3g}" if "sigma" in entry else "")
             + f" {entry['samples_per_s']:,.0f} samples/s")
 
 

@@ -26,11 +26,12 @@ import torch
 from torch import Tensor
 
 from .errors import TrainError
+from .metrics import ACTIVE_KL
 
 __all__ = ["ACTIVE_THRESHOLD", "EVAL_NAME", "KL_PNG", "evaluate_run", "format_table", "plot_kl_per_dim"]
 
-#: KL (nats, batch mean) above which a latent dimension counts as active in ``fastvae eval``.
-ACTIVE_THRESHOLD = 0.01
+#: KL (nats, batch mean) above which a latent dimension counts as active (the trainer's constant).
+ACTIVE_THRESHOLD = ACTIVE_KL
 #: Decoder passes the log-likelihood estimate makes by default on a CPU (``ll_n`` = this // k samples).
 CPU_DECODES = 50_000
 EVAL_NAME = "eval.json"

@@ -15,8 +15,10 @@ __all__ = ["METRICS_NAME", "METRICS_FORMAT", "ACTIVE_KL", "Timer", "Meter", "kl_
 
 METRICS_NAME = "metrics.json"
 METRICS_FORMAT = "fastvae-train-metrics/1"
-#: nats: a latent dimension whose KL is below this is counted inactive (collapsed to the prior).
-ACTIVE_KL = 0.1
+#: nats: a latent dimension whose batch-mean KL is above this counts as active (the usual reading of
+#: Burda et al. 2016's activity); below it the dimension has collapsed to the prior.  ``fastvae train``,
+#: ``fastvae eval`` and ``fastvae sweep`` all count with it.
+ACTIVE_KL = 0.01
 #: Samples of the fixed evaluation batch.
 EVAL_SAMPLES = 512
 #: Samples per forward pass of the held-out evaluation.
@@ -45,11 +47,12 @@ class Timer:
 
 
 class _Window:
-    """The sums of (loss, distortion, rate) over a run of steps, and its training time: ``time``
-    banked by earlier segments (and earlier sessions), plus the timer's advance since ``clock``."""
+    """The sums of (loss, distortion, rate, and the objective's extra terms) over a run of steps, and its
+    training time: ``time`` banked by earlier segments (and earlier sessions), plus the timer's advance
+    since ``clock``."""
 
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+    def __init__(self, device: torch.device, size: int = 3):
+        self.sums = torch.zeros(size, dtype=torch.float64, device=device)
         self.steps = 0
         self.time = 0.0
         self.clock = 0.0
@@ -77,11 +80,12 @@ class Meter:
     one (from the checkpoint), ``timer`` this session's.
     """
 
-    def __init__(self, device: torch.device, *, world_size: int, main: bool):
+    def __init__(self, device: torch.device, *, world_size: int, main: bool, extra_names: tuple = ()):
         self.world_size = world_size
         self.main = main
-        self.interval = _Window(device)
-        self.epoch = _Window(device)
+        self.extra_names = tuple(extra_names)  # recorded after loss, distortion and rate (e.g. mi, tc, dwkl)
+        self.interval = _Window(device, 3 + len(self.extra_names))
+        self.epoch = _Window(device, 3 + len(self.extra_names))
         self.history: list = []
         self.epochs: list = []
         self.earlier_time = 0.0
@@ -92,24 +96,30 @@ class Meter:
         """Seconds of training so far, this session included."""
         return self.earlier_time + self.timer.now()
 
-    def add(self, value: Tensor, distortion: Tensor, rate: Tensor) -> None:
+    def add(self, value: Tensor, distortion: Tensor, rate: Tensor, extras: Optional[Tensor] = None) -> None:
         terms = torch.stack([value, distortion, rate]).to(torch.float64)
+        if extras is not None:
+            terms = torch.cat([terms, extras.to(torch.float64)])
         for window in (self.interval, self.epoch):
             window.sums += terms
             window.steps += 1
 
     def means(self, sums: list, window: _Window) -> tuple:
-        """(loss, distortion, rate): the global batch means of ``sums`` (summed over the ranks)."""
+        """(loss, distortion, rate, *extras): the global batch means of ``sums`` (summed over the ranks)."""
         return tuple(s / (window.steps * self.world_size) for s in sums)
+
+    def _extras(self, means: tuple) -> dict:
+        return dict(zip(self.extra_names, means[3:]))
 
     def close_interval(self, means: tuple, now: float, *, step: int, epoch: float, beta: float, batch_size: int,
                        capacity: Optional[float]) -> dict:
         """Record the reading at ``step`` from the ``means`` of the interval; start the next one."""
         steps = self.interval.steps
         elapsed = max(self.interval.elapsed(now), 1e-9)
-        loss, distortion, rate = means
-        entry = {"step": step, "epoch": epoch, "loss": loss, "distortion": distortion, "rate": rate, "beta": beta,
-                 "samples_per_s": steps * batch_size / elapsed, "time_s": self.earlier_time + now}
+        loss, distortion, rate = means[:3]
+        entry = {"step": step, "epoch": epoch, "loss": loss, "distortion": distortion, "rate": rate,
+                 **self._extras(means), "beta": beta, "samples_per_s": steps * batch_size / elapsed,
+                 "time_s": self.earlier_time + now}
         if capacity is not None:
             entry["capacity"] = capacity
         self.history.append(entry)
@@ -120,9 +130,10 @@ class Meter:
         """Record the epoch that ends at ``step`` from its ``sums`` (summed over the ranks)."""
         steps = self.epoch.steps
         elapsed = self.epoch.elapsed(now)
-        loss, distortion, rate = self.means(sums, self.epoch)
+        means = self.means(sums, self.epoch)
+        loss, distortion, rate = means[:3]
         entry = {"epoch": len(self.epochs) + 1, "step": step, "steps": steps, "loss": loss,
-                 "distortion": distortion, "rate": rate, "beta": beta,
+                 "distortion": distortion, "rate": rate, **self._extras(means), "beta": beta,
                  "samples_per_s": steps * batch_size / max(elapsed, 1e-9), "time_s": self.earlier_time + now}
         self.epochs.append(entry)
         self.epoch.reset(now)

@@ -15,6 +15,7 @@ from .distributed import Dist
 from .errors import TrainError
 from .metrics import Meter
 from .model import build_model
+from .objective import EXTRA_TERMS
 from .optim import WeightAverage, make_scaler
 from .plan import RunPlan
 from .process import ProcessState
@@ -69,7 +70,7 @@ def build_parts(plan: RunPlan, d: Dist, process: ProcessState, resumed: Optional
     kind = schedule_kind(c)
     beta_schedule, capacity_schedule = make_schedules(c, kind, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
-    meter = Meter(device, world_size=d.world_size, main=d.main)
+    meter = Meter(device, world_size=d.world_size, main=d.main, extra_names=EXTRA_TERMS[c.objective])
     ema = WeightAverage(model, c.ema_decay) if c.ema_decay else None
     scaler = make_scaler(c, device)
     step = 0

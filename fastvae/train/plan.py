@@ -17,6 +17,7 @@ from .config import (
     DEFAULT_VAL_FRACTION,
     SHAPES_STEPS_PER_EPOCH,
     SHAPES_VAL_SAMPLES,
+    UNIT_INTERVAL_LIKELIHOODS,
     TrainConfig,
     is_named_dataset,
 )
@@ -81,8 +82,8 @@ def _describe(dataset, likelihood: str, given: str, data: str) -> dict:
     """The data's description (``data_info``); ``given`` is how the user named it, ``data`` the
     config's entry."""
     lo, hi = dataset.value_range
-    if likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
-        raise TrainError(f"{given}: --likelihood bernoulli needs values in [0, 1], the data has values in "
+    if likelihood in UNIT_INTERVAL_LIKELIHOODS and (lo < 0.0 or hi > 1.0):
+        raise TrainError(f"{given}: --likelihood {likelihood} needs values in [0, 1], the data has values in "
                          f"[{lo:g}, {hi:g}]; rescale it or use --likelihood gaussian")
     info = {"name": getattr(dataset, "name", str(data)), "len": len(dataset),
             "sample_shape": list(dataset.sample_shape), "value_range": [float(lo), float(hi)]}

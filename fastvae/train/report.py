@@ -31,7 +31,7 @@ __all__ = ["write_report", "plot_curves", "plot_reconstructions", "plot_traversa
 TRAVERSAL_RANGE = 2.5
 _TRAVERSAL_STEPS = 11
 #: The PNGs of a run, ``<stem>.png`` in its folder.
-PNG_STEMS = ("curves", "reconstructions", "traversals", "samples")
+PNG_STEMS = ("curves", "reconstructions", "traversals", "samples", "kl_per_dim")
 
 
 class _Figures:
@@ -102,8 +102,11 @@ def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
     steps = [h["step"] for h in history]
     fig, axes = figures.subplots(2, 2, figsize=(11, 7), sharex=True)
     style = dict(marker="o" if len(steps) < 3 else None, linewidth=1.5)
+    objective = (metrics.get("config") or {}).get("objective", "beta-vae")
+    loss_title = {"tcvae": "Loss = distortion + alpha MI + beta TC + gamma dim-wise KL",
+                  "iwae": "Loss = -IWAE bound"}.get(objective, "Loss = distortion + beta x rate")
     panels = [
-        (axes[0, 0], "loss", "loss (nats)", "Loss = distortion + beta x rate", "tab:blue"),
+        (axes[0, 0], "loss", "loss (nats)", loss_title, "tab:blue"),
         (axes[0, 1], "distortion", "distortion (nats)", "Distortion: reconstruction NLL per sample", "tab:orange"),
         (axes[1, 0], "rate", "rate (nats)", "Rate: KL(q(z|x) || N(0, I)) per sample", "tab:green"),
         (axes[1, 1], "beta", "beta", "beta (weight of the rate)", "tab:purple"),
@@ -124,6 +127,10 @@ def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
                     marker="o", markersize=4, color="black", label=f"{label} (per epoch)")
             ax.legend(loc="best", fontsize=8)
     rate_ax = axes[1, 0]
+    if any("tc" in h for h in history):  # beta-TCVAE: the rate's decomposition (MI + TC + dim-wise KL)
+        for key, color in (("mi", "tab:olive"), ("tc", "tab:red"), ("dwkl", "tab:cyan")):
+            rate_ax.plot(steps, [h.get(key, math.nan) for h in history], color=color, linewidth=1, label=key)
+        rate_ax.legend(loc="best", fontsize=8)
     config = metrics.get("config", {})
     if config.get("target_rate") is not None:
         target = config["target_rate"]
@@ -346,7 +353,7 @@ def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: in
     paths = []
     try:
         value_range = tuple(metrics.get("data", {}).get("value_range", (0.0, 1.0)))
-        if getattr(model, "likelihood", None) == "bernoulli":
+        if getattr(model, "likelihood", None) in ("bernoulli", "continuous_bernoulli"):
             value_range = (0.0, 1.0)
         device = next(model.parameters()).device
         if indices is None or len(indices) == 0:
@@ -368,6 +375,9 @@ def write_report(out: str, model: nn.Module, dataset, metrics: dict, *, seed: in
                   f"rows sorted by KL (nats)\n{head}"))
         paths.append(plot_samples(model, tuple(x.shape[1:]), png["samples"], value_range, figures=figures,
                                   seed=seed, title=f"Samples from the prior z ~ N(0, I)\n{head}"))
+        from .evaluate import plot_kl_per_dim
+
+        paths.append(plot_kl_per_dim(kl, png["kl_per_dim"], title=f"KL of each latent dimension\n{head}"))
         if not _is_image(tuple(x.shape[1:])):
             log(f"note: samples of shape {tuple(x.shape[1:])} are not images; traversals and prior samples "
                 "are drawn for (C, H, W) data only")

@@ -41,7 +41,9 @@ def _step_module(parts: Parts, plan: RunPlan, d: Dist):
     """The module that is differentiated: the objective, DDP-wrapped and/or compiled."""
     c = plan.config
     objective = Objective(parts.model, likelihood=c.likelihood, log_scale=c.log_scale, backend=c.loss_backend,
-                          world_size=d.world_size)
+                          world_size=d.world_size, objective=c.objective, dataset_size=plan.n_train, k=c.iwae_k,
+                          alpha=c.tc_alpha, gamma=c.tc_gamma, estimator=c.tc_estimator, free_bits=c.free_bits,
+                          free_bits_mode=c.free_bits_mode)
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -147,7 +149,8 @@ class Trainer:
         beta, capacity = self._beta_value(), self._capacity_value()
         amp = _AMP_DTYPES.get(c.amp)
         with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss, value, distortion, rate = self.step_module(x, self.noise_generator, d.rank * batch, beta, capacity)
+            loss, value, distortion, rate, extras = self.step_module(x, self.noise_generator, d.rank * batch, beta,
+                                                                     capacity)
         optimizer, scaler = self.parts.optimizer, self.parts.scaler
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -170,13 +173,15 @@ class Trainer:
             optimizer.step()
         if self.parts.ema is not None:
             self.parts.ema.update()
-        self.meter.add(value, distortion, rate)
+        self.meter.add(value, distortion, rate, extras)
         self._advance_schedules(rate)
         self.step += 1
 
     # -- readings, epochs, checkpoints -------------------------------------------------------------
 
     def _beta_now(self) -> float:
+        if self.config.objective == "iwae":
+            return 1.0  # the IWAE bound has no beta (the schedule is not used)
         value = self.parts.beta_schedule.value
         return float(value.item()) if isinstance(value, Tensor) else float(value)
 
@@ -197,7 +202,7 @@ class Trainer:
         vote = torch.tensor([stop_vote], dtype=torch.float64, device=self.device)
         sums = sum_over_ranks(torch.cat([self.meter.interval.sums, vote]), self.d.world_size).tolist()
         now = self.meter.timer.now()
-        means = self.meter.means(sums[:3], self.meter.interval)
+        means = self.meter.means(sums[:-1], self.meter.interval)
         if not finite(*means):
             self.diverged_at = (self.step, means[0])
             raise _Diverged()
@@ -208,7 +213,7 @@ class Trainer:
         entry.update(self._extras())
         if self.logs is not None:
             self.logs.reading(entry)
-        return entry, sums[3] > 0
+        return entry, sums[-1] > 0
 
     def _validate(self) -> Optional[dict]:
         """The held-out numbers (rank 0), sent to every rank; None without held-out data."""
@@ -220,6 +225,10 @@ class Trainer:
             values = validate(self.parts.eval_model, self.plan.dataset, self.plan.val_indices,
                               likelihood=c.likelihood, log_scale=c.log_scale, beta=self._beta_now(),
                               capacity=None if capacity is None else float(capacity.value), seed=c.seed)
+            if c.objective != "beta-vae" or c.free_bits is not None:
+                # the held-out -ELBO (val_loss) is what compares; the training objective is not distortion +
+                # beta * rate here
+                values.pop("val_objective")
         return broadcast_object(self.d, values)
 
     def _epoch_end(self) -> dict:
@@ -409,6 +418,7 @@ class Trainer:
             "model": {"kind": c.model, "parameters": sum(p.numel() for p in self.parts.model.parameters())},
             "data": self.plan.data_info,
             "beta_schedule": self.parts.kind,
+            "objective": c.objective,
             "device": str(self.device),
             "device_name": device_name(self.device),
             "world_size": self.d.world_size,
