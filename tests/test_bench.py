@@ -122,6 +122,16 @@ def test_eager_baselines_match_fastvae():
     fast = fb.provider_fn("beta_vae_loss", "fastvae")(x, t, mu, logvar)
     for got, want in zip(fast, fb.eager_beta_vae_loss(x, t, mu, logvar)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # continuous Bernoulli: torch.distributions is the baseline (float64, logits away from its Taylor band)
+    logits = (3 * x).double()
+    cb = [fb.provider_fn("continuous_bernoulli_nll", p)(logits, t.double()) for p in ("fastvae", "eager")]
+    torch.testing.assert_close(cb[0], cb[1], rtol=1e-10, atol=1e-9)
+    # free bits: some dimensions above the floor, some below it
+    mu2 = mu * torch.linspace(0.0, 2.0, 8)
+    kl = 0.5 * (mu2**2 + logvar.exp() - 1 - logvar).mean(0)
+    assert (kl < fb.FREE_BITS).any() and (kl > fb.FREE_BITS).any()
+    fast, eager = (fb.provider_fn("free_bits_kl", p)(mu2, logvar) for p in ("fastvae", "eager"))
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

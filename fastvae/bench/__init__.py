@@ -42,9 +42,12 @@ from .inputs import Prepared, make_input_sets, make_inputs, n_input_sets, prepar
 from .memory import PEAK_MEMORY_METHOD, peak_memory
 from .providers import (
     BETA,
+    FREE_BITS,
     PROVIDERS,
     eager_bernoulli_nll,
     eager_beta_vae_loss,
+    eager_continuous_bernoulli_nll,
+    eager_free_bits_kl,
     eager_gaussian_nll,
     eager_laplace_nll,
     eager_mse,
@@ -63,7 +66,7 @@ __all__ = [
     "measure", "run_benchmarks", "fmt_bytes", "write_json", "load_json", "merge_reports", "case_key",
     "default_json_path", "add_arguments", "run", "main", "report_module",
     "eager_reparameterize_kl", "eager_bernoulli_nll", "eager_gaussian_nll", "eager_mse", "eager_laplace_nll",
-    "eager_beta_vae_loss", "eager_training_step",
+    "eager_beta_vae_loss", "eager_training_step", "eager_continuous_bernoulli_nll", "eager_free_bits_kl", "FREE_BITS",
     "DEFAULT_MAX_ELEMENTS", "DEFAULT_MIN_BATCH", "DEFAULT_SAMPLE_SIZE", "DEFAULT_LATENT_DIM",
     "DEFAULT_OBJECTIVE_LATENT_DIM",
 ]

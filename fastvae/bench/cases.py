@@ -46,10 +46,15 @@ SPECS = {spec.name: spec for spec in (
     OpSpec("gaussian_nll", P.eager_gaussian_nll, P.fastvae_gaussian_nll, 1, False),
     OpSpec("mse", P.eager_mse, P.fastvae_mse, 1, False),
     OpSpec("laplace_nll", P.eager_laplace_nll, P.fastvae_laplace_nll, 1, False),
+    OpSpec("continuous_bernoulli_nll", P.eager_continuous_bernoulli_nll, P.fastvae_continuous_bernoulli_nll, 1,
+           False),
+    OpSpec("free_bits_kl", P.eager_free_bits_kl, P.fastvae_free_bits_kl, 2, False),
     OpSpec("beta_vae_loss", P.eager_beta_vae_loss, P.fastvae_beta_vae_loss, 1, True),
     OpSpec("training_step", P.eager_training_step, P.fastvae_training_step, 2, True),
 )}
 OPS = tuple(SPECS)
+#: The ops swept over a (B, latent_dim) latent rather than a (B, sample_size) image.
+LATENT_OPS = ("reparameterize_kl", "free_bits_kl")
 #: The small-batch training pattern (op ``training_step``): (batch, pixels, latent) of each case.
 TRAINING_SIZES = ((16, 64, 8), (16, 4096, 10), (64, 4096, 10), (256, 4096, 10), (1024, 4096, 10), (4096, 4096, 32))
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -75,6 +80,16 @@ def _bytes_reparameterize_kl(mode: str, batch: int, dim: int, itemsize: int) -> 
     bwd = 5 * n * itemsize + _LOSS_BYTES            # read grad_z, mu, logvar (+ grad_kl); write grad_mu, grad_logvar
     # grad_z is made from z downstream, so forward and backward are two passes: the floor is their
     # sum (8 elements), not the 6 of a single pass that would read mu and logvar once.
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+
+def _bytes_free_bits_kl(mode: str, batch: int, dim: int, itemsize: int) -> int:
+    n = batch * dim
+    # fwd: read mu, logvar; write the loss.  bwd: read mu, logvar (and the J column means, a rounding
+    # error next to B J); write grad_mu, grad_logvar.  One pass cannot do both: which dimensions sit
+    # under the floor is known only once every row has been read.
+    fwd = 2 * n * itemsize + _LOSS_BYTES
+    bwd = 4 * n * itemsize + _LOSS_BYTES
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
 
@@ -114,7 +129,9 @@ def min_bytes(op: str, mode: str, batch: int, sample_size: int, latent_dim: int,
     itemsize = _itemsize(dtype)
     if op == "reparameterize_kl":
         return _bytes_reparameterize_kl(mode, batch, sample_size, itemsize)
-    if op in ("bernoulli_nll", "gaussian_nll", "mse", "laplace_nll"):
+    if op == "free_bits_kl":
+        return _bytes_free_bits_kl(mode, batch, sample_size, itemsize)
+    if op in ("bernoulli_nll", "gaussian_nll", "mse", "laplace_nll", "continuous_bernoulli_nll"):
         return _bytes_likelihood(mode, batch, sample_size, itemsize)
     if op == "beta_vae_loss":
         return _bytes_beta_vae_loss(mode, batch, sample_size, latent_dim, itemsize)
@@ -150,7 +167,7 @@ class Case:
 
     @property
     def shape(self) -> dict:
-        if self.op == "reparameterize_kl":
+        if self.op in LATENT_OPS:
             return {"mu": [self.batch, self.sample_size], "logvar": [self.batch, self.sample_size]}
         if self.op == "beta_vae_loss":
             return {"recon": [self.batch, self.sample_size], "target": [self.batch, self.sample_size],
@@ -228,7 +245,7 @@ def iter_cases(config: BenchConfig) -> Iterator[Case]:
             raise ValueError(f"op must be one of {OPS}, got {op!r}")
         if op == "training_step":
             continue  # its own sweep, interleaved: training_cases()
-        if op == "reparameterize_kl":
+        if op in LATENT_OPS:
             size, latent = config.latent_dim, 0
         else:
             size = config.sample_size

@@ -42,8 +42,12 @@ def make_inputs(case: Case, device, generator: Optional[torch.Generator] = None)
         logvar = leaf(torch.randn(B, P, **kw).mul_(0.5))
         grad_z = torch.randn(B, P, **kw)
         return _InputSet((mu, logvar), (mu, logvar), (grad_z,))
+    if case.op == "free_bits_kl":  # a scalar loss: no upstream gradient to feed
+        mu = leaf(torch.randn(B, P, **kw))
+        logvar = leaf(torch.randn(B, P, **kw).mul_(0.5))
+        return _InputSet((mu, logvar), (mu, logvar), ())
     x = leaf(torch.randn(B, P, **kw))
-    if case.op == "bernoulli_nll" or case.op == "beta_vae_loss":
+    if case.op in ("bernoulli_nll", "beta_vae_loss", "continuous_bernoulli_nll"):
         target = torch.rand(B, P, **kw)          # pixel intensities in [0, 1)
     else:
         target = torch.randn(B, P, **kw)

@@ -15,10 +15,13 @@ from ..ops import eager
 
 __all__ = ["BETA", "PROVIDERS"] + [
     f"{p}_{op}" for p in ("eager", "fastvae") for op in (
-        "reparameterize_kl", "bernoulli_nll", "gaussian_nll", "mse", "laplace_nll", "beta_vae_loss", "training_step")]
+        "reparameterize_kl", "bernoulli_nll", "gaussian_nll", "mse", "laplace_nll", "continuous_bernoulli_nll",
+        "free_bits_kl", "beta_vae_loss", "training_step")] + ["FREE_BITS"]
 
 PROVIDERS = ("fastvae", "eager", "compile")
 BETA = 4.0
+#: nats per latent dimension of the ``free_bits_kl`` case.
+FREE_BITS = 0.5
 
 
 # Eager baselines: the VAE objective as it is commonly written in PyTorch today.
@@ -43,6 +46,19 @@ def eager_mse(recon, target):
 
 def eager_laplace_nll(loc, target, log_scale=0.0):
     return eager.nll_rows("laplace", loc, target, log_scale).mean()
+
+
+def eager_continuous_bernoulli_nll(logits, target):
+    # what users write: torch.distributions, whose log-normalizer is a Taylor band around 1/2 on
+    # clamped probabilities
+    dist = torch.distributions.ContinuousBernoulli(logits=logits, validate_args=False)
+    return -dist.log_prob(target).flatten(1).sum(1).mean()
+
+
+def eager_free_bits_kl(mu, logvar, free_bits=FREE_BITS):
+    # Kingma et al. 2016: the batch-mean KL of each latent dimension, floored, summed
+    kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
+    return torch.clamp(kl.mean(0), min=free_bits).sum()
 
 
 def eager_beta_vae_loss(recon, target, mu, logvar, beta=BETA):
@@ -74,6 +90,14 @@ def fastvae_mse(recon, target):
 
 def fastvae_laplace_nll(loc, target):
     return _fv().laplace_nll(loc, target)
+
+
+def fastvae_continuous_bernoulli_nll(logits, target):
+    return _fv().continuous_bernoulli_nll(logits, target)
+
+
+def fastvae_free_bits_kl(mu, logvar, free_bits=FREE_BITS):
+    return _fv().gaussian_kl(mu, logvar, free_bits=free_bits)
 
 
 def fastvae_beta_vae_loss(recon, target, mu, logvar, beta=BETA):
