@@ -246,42 +246,42 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def _command(sub, name: str, summary: str, description: str, epilog: str, *, suppress: bool = False):
+    """A subcommand's parser: its description wrapped, its epilog (examples) kept as written; ``suppress``
+    leaves options that were not given out of the namespace (so a command can tell what the user set)."""
+    import textwrap
+
+    extra = {"argument_default": argparse.SUPPRESS} if suppress else {}
+    return sub.add_parser(name, help=summary, description=textwrap.fill(description, 100), epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastvae", description="fastvae: fused Triton kernels for training VAEs.",
         epilog="Run 'fastvae COMMAND -h' (train, sample, eval, sweep, bench) for the options of a command.")
     sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,sweep,bench}")
-    train = sub.add_parser(
-        "train", help="train a VAE (default: a beta-VAE on procedural shapes) and plot what it learned",
-        description="Train a VAE with fastvae's fused loss and write checkpoints, metrics.json and plots.",
-        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS)
+    train = _command(sub, "train", "train a VAE (default: a beta-VAE on procedural shapes) and plot what it learned",
+                     "Train a VAE with fastvae's fused loss and write checkpoints, metrics.json and plots.",
+                     _TRAIN_EPILOG, suppress=True)
     add_train_arguments(train)
-    sample = sub.add_parser(
-        "sample", help="write a grid of samples from the prior of a trained run",
-        description="Decode z ~ N(0, I) with the model of a fastvae train run and write the images as one grid "
-                    "(PNG), or the samples as an array (.npy).",
-        epilog="example: fastvae sample runs/20250101-120000 --n 64",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sample_arguments(sample)
-    evaluate = sub.add_parser(
-        "eval", help="measure a trained run: rate, distortion, ELBO, IS log-likelihood, per-dimension KL, MIG",
-        description="Evaluate a fastvae train run on its held-out data and write RUN/eval.json and "
-                    "RUN/kl_per_dim.png: rate, distortion and ELBO, the importance-sampled log-likelihood with its "
-                    "k, the KL of each latent dimension and the active ones (KL above 0.01 nats), and MIG where "
-                    "the data has ground-truth factors (shapes).",
-        epilog="example: fastvae eval runs/20250101-120000 --k 1000",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_eval_arguments(evaluate)
-    sweep = sub.add_parser(
-        "sweep", help="train one run per beta and draw the rate-distortion curve",
-        description="Train one beta-VAE per beta (same seed, same data order), each a normal run folder "
-                    "OUT/beta-<beta> that fastvae eval and --resume understand, then write OUT/sweep.json and "
-                    "OUT/rate_distortion.png (distortion against rate with lines of equal ELBO, and MIG per beta "
-                    "where the data has factors).  An interrupted sweep continues where it stopped when the same "
-                    "command is run again.  Every fastvae train option applies to all the runs.",
-        epilog=_SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS)
+    add_sample_arguments(_command(
+        sub, "sample", "write a grid of samples from the prior of a trained run",
+        "Decode z ~ N(0, I) with the model of a fastvae train run and write the images as one grid (PNG), or the "
+        "samples as an array (.npy).", "example: fastvae sample runs/20250101-120000 --n 64"))
+    add_eval_arguments(_command(
+        sub, "eval", "measure a trained run: rate, distortion, ELBO, IS log-likelihood, per-dimension KL, MIG",
+        "Evaluate a fastvae train run on its held-out data and write RUN/eval.json and RUN/kl_per_dim.png: rate, "
+        "distortion and ELBO, the importance-sampled log-likelihood with its k, the KL of each latent dimension and "
+        "the active ones (KL above 0.01 nats), and MIG where the data has ground-truth factors (shapes).",
+        "example: fastvae eval runs/20250101-120000 --k 1000"))
+    sweep = _command(
+        sub, "sweep", "train one run per beta and draw the rate-distortion curve",
+        "Train one beta-VAE per beta (same seed, same data order), each a normal run folder OUT/beta-<beta> that "
+        "fastvae eval and --resume understand, then write OUT/sweep.json and OUT/rate_distortion.png (distortion "
+        "against rate with lines of equal ELBO, and MIG per beta where the data has factors).  An interrupted sweep "
+        "continues where it stopped when the same command is run again.  Every fastvae train option applies to "
+        "all the runs.", _SWEEP_EPILOG, suppress=True)
     sweep.add_argument("--betas", type=_betas, metavar="B,B,...",
                        help="comma-separated betas (default " + ",".join(f"{b:g}" for b in _default_betas()) + ")")
     sweep.add_argument("--eval-n", type=_positive_int, metavar="N",
