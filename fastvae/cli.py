@@ -171,7 +171,7 @@ def _optimization_options(g, d) -> None:
     g.add_argument("--lr-schedule", choices=tc.LR_SCHEDULES,
                    help=f"the learning rate after the warm-up: constant, cosine (down to --lr-min at the last step) "
                         f"or step (x --lr-gamma every --lr-decay-every steps); default {d.lr_schedule}")
-    g.add_argument("--lr-min", type=_float, metavar="X", help=f"cosine: the final learning rate (default {d.lr_min:g})")
+    g.add_argument("--lr-min", type=_float, metavar="X", help="cosine: the final learning rate (default: --lr / 15)")
     g.add_argument("--lr-decay-every", type=_positive_int, metavar="N", help="step: steps between decays")
     g.add_argument("--lr-gamma", type=_float, metavar="X", help=f"step: the factor of a decay (default {d.lr_gamma:g})")
     g.add_argument("--grad-clip", type=_float, metavar="NORM",

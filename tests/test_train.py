@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fastvae import cli
-from fastvae.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, load_checkpoint, train
+from fastvae.train import CHECKPOINT_NAME, DEFAULT_TIME_LIMIT, METRICS_NAME, TrainConfig, load_checkpoint, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNGS = ("curves.png", "reconstructions.png", "traversals.png", "samples.png", "kl_per_dim.png")
@@ -332,7 +332,7 @@ def test_train_leaves_the_callers_config_and_process_as_it_found_them(tmp_path, 
     assert torch.equal(torch.get_rng_state(), rng)
     # the run's own config: resolved, and what metrics.json records
     used = result.config
-    assert (used.model, used.steps, used.steps_per_epoch, used.time_limit) == ("mlp", 2, 2, 90.0)
+    assert (used.model, used.steps, used.steps_per_epoch, used.time_limit) == ("mlp", 2, 2, DEFAULT_TIME_LIMIT)
     assert used.data == str(tmp_path / "images.npy")
     assert metrics(tmp_path / "run")["config"] == used.to_dict()
     # the same on resume

@@ -112,7 +112,10 @@ def test_learning_rate_schedules():
     assert lr_at(c, 110, 111) == pytest.approx(1e-3)    # the last step
     c = TrainConfig(lr=1e-2, lr_warmup=0, lr_schedule="step", lr_decay_every=5, lr_gamma=0.1)
     assert [lr_at(c, s, 100) for s in (0, 4, 5, 12)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4])
-    assert lr_at(TrainConfig(lr=1e-2, lr_warmup=0), 50, 100) == 1e-2
+    assert lr_at(TrainConfig(lr=1e-2, lr_warmup=0, lr_schedule="constant"), 50, 100) == 1e-2
+    # the default: a cosine to lr / 15 at the last step
+    c = TrainConfig(lr=1.5e-3, lr_warmup=0)
+    assert (lr_at(c, 0, 100), lr_at(c, 99, 100)) == pytest.approx((1.5e-3, 1e-4))
 
 
 def test_controls_resume_exactly(tmp_path):

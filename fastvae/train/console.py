@@ -6,6 +6,7 @@ import math
 from typing import Optional
 
 from ..schedules import KINDS
+from .config import final_lr
 
 __all__ = ["banner", "format_entry", "format_short", "progress_bar", "stop_note", "number", "duration",
            "eta_text", "speed_of"]
@@ -90,7 +91,7 @@ def banner(config, *, kind: str, parameters: int, data_info: dict, total_steps: 
     if c.lr_warmup:
         lr += f" (warm-up {c.lr_warmup} steps)"
     if c.lr_schedule == "cosine":
-        lr += f", cosine to {c.lr_min:g}"
+        lr += f", cosine to {final_lr(c):g}"
     elif c.lr_schedule == "step":
         lr += f", x{c.lr_gamma:g} every {c.lr_decay_every} steps"
     if c.grad_clip:

@@ -13,21 +13,23 @@ import math
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, final_lr
 
 __all__ = ["lr_at", "WeightAverage", "make_scaler"]
 
 
 def lr_at(c: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate of step ``step`` (0-based) of a run of ``total_steps``: a linear warm-up from 0
-    over ``lr_warmup`` steps, then ``lr`` (``constant``), a cosine from ``lr`` down to ``lr_min`` at the
-    last step (``cosine``), or ``lr * lr_gamma ** k`` after ``k`` periods of ``lr_decay_every`` steps
+    over ``lr_warmup`` steps, then ``lr`` (``constant``), a cosine from ``lr`` down to ``lr_min`` (default
+    ``lr / 15``) at the last step of the run's budget (``cosine``; a resumed run given more steps stretches
+    the rest of the cosine over them), or ``lr * lr_gamma ** k`` after ``k`` periods of ``lr_decay_every`` steps
     (``step``)."""
     warm = min(1.0, (step + 1) / c.lr_warmup) if c.lr_warmup else 1.0
     if c.lr_schedule == "cosine":
         span = max(1, total_steps - 1 - c.lr_warmup)  # the last step (total_steps - 1) takes lr_min
         progress = min(1.0, max(0, step - c.lr_warmup) / span)
-        rate = c.lr_min + (c.lr - c.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        low = final_lr(c)
+        rate = low + (c.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
     elif c.lr_schedule == "step":
         rate = c.lr * c.lr_gamma ** (max(0, step - c.lr_warmup) // c.lr_decay_every)
     else:

@@ -28,7 +28,7 @@ __all__ = ["CPU_STEPS", "DEFAULT_BETAS", "SWEEP_NAME", "RD_PNG", "run_name", "sw
 DEFAULT_BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 #: Steps per run of a CPU sweep when ``--steps``/``--epochs`` are not given (seven runs in about ten minutes
 #: on two cores).
-CPU_STEPS = 250
+CPU_STEPS = 500
 SWEEP_NAME = "sweep.json"
 RD_PNG = "rate_distortion.png"
 _SWEEP_FORMAT = "fastvae-sweep/1"
