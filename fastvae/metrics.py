@@ -67,13 +67,20 @@ def _check_bins(bins: Any) -> int:
     return bins
 
 
+def _as_matrix(value: Any, name: str, values: str, columns: str, one: str) -> Tensor:
+    """``value`` as a real (N, columns) tensor, else a ValueError naming ``name``; ``values`` says what it
+    holds and ``one`` what one column is (for the hint on a 1-d input)."""
+    value = torch.as_tensor(value)
+    if value.dtype.is_complex:
+        raise ValueError(f"{name}: expected {values}, got dtype {value.dtype}")
+    if value.dim() != 2:
+        hint = f" (one {one}: {name}.reshape(-1, 1))" if value.dim() == 1 else ""
+        raise ValueError(f"{name}: expected shape (N, {columns}), got {tuple(value.shape)}{hint}")
+    return value
+
+
 def _check_codes(codes: Any) -> Tensor:
-    codes = torch.as_tensor(codes)
-    if codes.dtype.is_complex:
-        raise ValueError(f"codes: expected real values, got dtype {codes.dtype}")
-    if codes.dim() != 2:
-        hint = " (one code dimension: codes.reshape(-1, 1))" if codes.dim() == 1 else ""
-        raise ValueError(f"codes: expected shape (N, L), got {tuple(codes.shape)}{hint}")
+    codes = _as_matrix(codes, "codes", "real values", "L", "code dimension")
     if codes.shape[0] == 0 or codes.shape[1] == 0:
         raise ValueError(f"codes: expected at least one sample and one code dimension, got shape {tuple(codes.shape)}")
     codes = codes.to(_float_dtype(codes.device))
@@ -83,12 +90,7 @@ def _check_codes(codes: Any) -> Tensor:
 
 
 def _check_factors(factors: Any, n: int, device: torch.device) -> Tensor:
-    factors = torch.as_tensor(factors)
-    if factors.dtype.is_complex:
-        raise ValueError(f"factors: expected real discrete values, got dtype {factors.dtype}")
-    if factors.dim() != 2:
-        hint = " (one factor: factors.reshape(-1, 1))" if factors.dim() == 1 else ""
-        raise ValueError(f"factors: expected shape (N, K), got {tuple(factors.shape)}{hint}")
+    factors = _as_matrix(factors, "factors", "real discrete values", "K", "factor")
     if factors.shape[1] == 0:
         raise ValueError(f"factors: expected at least one factor, got shape {tuple(factors.shape)}")
     if factors.shape[0] != n:

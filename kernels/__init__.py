@@ -3,6 +3,7 @@
 Only ``@triton.jit`` code lives here, one file per op family:
 
 * ``random``      -- counter-based Philox normals shared by the latent kernels.
+* ``polynomials`` -- Horner evaluation for the hand-written transcendentals.
 * ``latent``      -- reparameterization sampling fused with the closed-form KL to N(0, I).
 * ``likelihoods`` -- reconstruction negative log-likelihoods fused with their gradient,
   and the in-place per-sample gradient scaling used in backward.

@@ -15,8 +15,27 @@ kernel reads mu and logvar once (2s a element); backward writes two gradients (2
 import triton
 import triton.language as tl
 
-from .latent import _exp_m1_m, _sigma
-from .tiles import load_tile, tile_rows, to_compute
+from .latent import _exp_m1_m, _sigma, load_posterior
+from .tiles import tile_rows, to_compute, to_scalar
+
+
+@triton.jit
+def _kl(mu, lv, FP64: tl.constexpr):
+    """KL_bj of each element."""
+    return 0.5 * (mu * mu + _exp_m1_m(lv, _sigma(lv, FP64), FP64))
+
+
+@triton.jit
+def _row_tile(mu_ptr, lv_ptr, means_ptr, rows, row_mask, c0, J, mu_stride, lv_stride,
+              FP64: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Columns c0 ... c0 + BLOCK_C - 1 of a block of rows: (columns, mask, mu, logvar, the columns' batch-mean
+    KLs m_j)."""
+    cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+    col_mask = cols < J
+    mask = row_mask[:, None] & col_mask[None, :]
+    mu, lv = load_posterior(mu_ptr, lv_ptr, rows[:, None], mu_stride, lv_stride, cols[None, :], mask, FP64)
+    m = to_compute(tl.load(means_ptr + cols, mask=col_mask, other=0.0), FP64)
+    return cols, mask, mu, lv, m
 
 
 @triton.jit
@@ -28,35 +47,22 @@ def kl_column_means_kernel(mu_ptr, lv_ptr, out_ptr, B, J, mu_stride, lv_stride,
     for r0 in range(0, B, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
         mask = (rows < B)[:, None] & col_mask[None, :]
-        mu = load_tile(mu_ptr, rows[:, None], mu_stride, cols[None, :], mask, FP64)
-        lv = load_tile(lv_ptr, rows[:, None], lv_stride, cols[None, :], mask, FP64)
-        kl = 0.5 * (mu * mu + _exp_m1_m(lv, _sigma(lv, FP64), FP64))
-        acc += tl.where(mask, kl, 0.0)
+        mu, lv = load_posterior(mu_ptr, lv_ptr, rows[:, None], mu_stride, lv_stride, cols[None, :], mask, FP64)
+        acc += tl.where(mask, _kl(mu, lv, FP64), 0.0)
     total = tl.sum(acc, axis=0)
-    if FP64:
-        b = tl.full([], B, tl.float64)
-    else:
-        b = tl.full([], B, tl.float32)
-    tl.store(out_ptr + cols, total / tl.maximum(b, 1.0), mask=col_mask)
+    tl.store(out_ptr + cols, total / tl.maximum(to_scalar(B, FP64), 1.0), mask=col_mask)
 
 
 @triton.jit
 def free_bits_rows_kernel(mu_ptr, lv_ptr, means_ptr, out_ptr, B, J, mu_stride, lv_stride, floor,
                           FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows, row_mask = tile_rows(B, BLOCK_R)
-    if FP64:
-        lam = tl.full([], floor, tl.float64)
-    else:
-        lam = tl.full([], floor, tl.float32)
+    lam = to_scalar(floor, FP64)
     acc = to_compute(tl.zeros((BLOCK_R,), dtype=tl.float32), FP64)
     for c0 in range(0, J, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        col_mask = cols < J
-        mask = row_mask[:, None] & col_mask[None, :]
-        mu = load_tile(mu_ptr, rows[:, None], mu_stride, cols[None, :], mask, FP64)
-        lv = load_tile(lv_ptr, rows[:, None], lv_stride, cols[None, :], mask, FP64)
-        m = to_compute(tl.load(means_ptr + cols, mask=col_mask, other=0.0), FP64)
-        kl = 0.5 * (mu * mu + _exp_m1_m(lv, _sigma(lv, FP64), FP64))
+        cols, mask, mu, lv, m = _row_tile(mu_ptr, lv_ptr, means_ptr, rows, row_mask, c0, J, mu_stride, lv_stride,
+                                          FP64, BLOCK_C)
+        kl = _kl(mu, lv, FP64)
         value = tl.where((m >= lam)[None, :], kl, lam)
         acc += tl.sum(tl.where(mask, value, 0.0), axis=1)
     tl.store(out_ptr + rows, acc, mask=row_mask)
@@ -66,18 +72,11 @@ def free_bits_rows_kernel(mu_ptr, lv_ptr, means_ptr, out_ptr, B, J, mu_stride, l
 def free_bits_backward_kernel(mu_ptr, lv_ptr, means_ptr, g_ptr, gmu_ptr, glv_ptr, B, J, mu_stride, lv_stride,
                               g_stride, floor, FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows, row_mask = tile_rows(B, BLOCK_R)
-    if FP64:
-        lam = tl.full([], floor, tl.float64)
-    else:
-        lam = tl.full([], floor, tl.float32)
+    lam = to_scalar(floor, FP64)
     g = to_compute(tl.load(g_ptr + rows * g_stride, mask=row_mask, other=0.0), FP64)[:, None]
     for c0 in range(0, J, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        col_mask = cols < J
-        mask = row_mask[:, None] & col_mask[None, :]
-        mu = load_tile(mu_ptr, rows[:, None], mu_stride, cols[None, :], mask, FP64)
-        lv = load_tile(lv_ptr, rows[:, None], lv_stride, cols[None, :], mask, FP64)
-        m = to_compute(tl.load(means_ptr + cols, mask=col_mask, other=0.0), FP64)
+        cols, mask, mu, lv, m = _row_tile(mu_ptr, lv_ptr, means_ptr, rows, row_mask, c0, J, mu_stride, lv_stride,
+                                          FP64, BLOCK_C)
         active = (m >= lam)[None, :]
         s = _sigma(lv, FP64)
         out = rows[:, None] * J + cols[None, :]

@@ -19,8 +19,8 @@ reads g_z (s per element of z) and writes two gradients of (B, J).
 import triton
 import triton.language as tl
 
-from .latent import _sigma
-from .tiles import load_tile, noise_tile, tile_rows, to_compute
+from .latent import _sigma, load_posterior
+from .tiles import column_block, load_tile, noise_tile, tile_rows, to_compute
 
 
 @triton.jit
@@ -34,11 +34,8 @@ def log_weights_forward_kernel(
     seed = tl.load(seed_ptr)
     acc = to_compute(tl.zeros((BLOCK_R,), dtype=tl.float32), FP64)
     for c0 in range(0, J, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        mask = row_mask[:, None] & (cols < J)[None, :]
-        cols2 = cols[None, :]
-        mu = load_tile(mu_ptr, src2, mu_stride, cols2, mask, FP64)
-        lv = load_tile(lv_ptr, src2, lv_stride, cols2, mask, FP64)
+        cols2, mask = column_block(c0, J, row_mask, BLOCK_D)
+        mu, lv = load_posterior(mu_ptr, lv_ptr, src2, mu_stride, lv_stride, cols2, mask, FP64)
         eps = noise_tile(seed, mu_ptr, 0, rows2, cols2, mask, c0, 0, False, FP64, BLOCK_D)
         z = mu + _sigma(lv, FP64) * eps
         tl.store(z_ptr + rows2 * J + cols2, z.to(z_ptr.dtype.element_ty), mask=mask)
@@ -55,11 +52,8 @@ def log_weights_backward_kernel(
     rows2 = rows[:, None]
     seed = tl.load(seed_ptr)
     for c0 in range(0, J, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        mask = row_mask[:, None] & (cols < J)[None, :]
-        cols2 = cols[None, :]
-        mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
-        lv = load_tile(lv_ptr, rows2, lv_stride, cols2, mask, FP64)
+        cols2, mask = column_block(c0, J, row_mask, BLOCK_D)
+        mu, lv = load_posterior(mu_ptr, lv_ptr, rows2, mu_stride, lv_stride, cols2, mask, FP64)
         s = _sigma(lv, FP64)
         g_mu = tl.zeros_like(mu)
         g_lv = tl.zeros_like(lv)

@@ -35,7 +35,8 @@ sums are deterministic.  Offsets are 64-bit.
 import triton
 import triton.language as tl
 
-from .tiles import inv_div, load_tile, noise_tile, tile_columns, tile_rows, to_compute
+from .polynomials import horner
+from .tiles import column_block, inv_div, load_tile, noise_tile, tile_columns, tile_rows, to_compute
 
 
 @triton.jit
@@ -49,6 +50,13 @@ def _sigma(lv, FP64: tl.constexpr):
 
 
 @triton.jit
+def load_posterior(mu_ptr, lv_ptr, rows2, mu_stride, lv_stride, cols2, mask, FP64: tl.constexpr):
+    """The (mu, logvar) tiles of a diagonal Gaussian posterior in the compute dtype, 0 where masked."""
+    return (load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64),
+            load_tile(lv_ptr, rows2, lv_stride, cols2, mask, FP64))
+
+
+@triton.jit
 def _exp_m1_m(x, s, FP64: tl.constexpr):
     """exp(x) - 1 - x, accurate near 0, given s = exp(x / 2).
 
@@ -56,29 +64,16 @@ def _exp_m1_m(x, s, FP64: tl.constexpr):
     float64: the Taylor series to x^14 / 16!); elsewhere s * s - 1 - x, whose cancellation costs at most
     four bits there."""
     if FP64:
-        p = x * 4.779477332387385e-14 + 7.647163731819816e-13
-        p = p * x + 1.1470745597729725e-11
-        p = p * x + 1.6059043836821613e-10
-        p = p * x + 2.08767569878681e-09
-        p = p * x + 2.505210838544172e-08
-        p = p * x + 2.755731922398589e-07
-        p = p * x + 2.7557319223985893e-06
-        p = p * x + 2.48015873015873e-05
-        p = p * x + 0.0001984126984126984
-        p = p * x + 0.001388888888888889
-        p = p * x + 0.008333333333333333
-        p = p * x + 0.041666666666666664
-        p = p * x + 0.16666666666666666
-        p = p * x + 0.5
+        p = horner(x, (4.779477332387385e-14, 7.647163731819816e-13, 1.1470745597729725e-11,
+                       1.6059043836821613e-10, 2.08767569878681e-09, 2.505210838544172e-08, 2.755731922398589e-07,
+                       2.7557319223985893e-06, 2.48015873015873e-05, 0.0001984126984126984, 0.001388888888888889,
+                       0.008333333333333333, 0.041666666666666664, 0.16666666666666666, 0.5))
         series = x * x * p
         direct = tl.exp(x) - 1.0 - x
     else:
         # the degree-5 fit to (exp(x) - 1 - x) / x^2 on [-1/2, 1/2]: max relative error 2.1e-7
-        p = x * 0.00019866085494868457 + 0.0013981974916532636
-        p = p * x + 0.008333481848239899
-        p = p * x + 0.04166579619050026
-        p = p * x + 0.1666666567325592
-        p = p * x + 0.5
+        p = horner(x, (0.00019866085494868457, 0.0013981974916532636, 0.008333481848239899, 0.04166579619050026,
+                       0.1666666567325592, 0.5))
         series = x * x * p
         direct = s * s - 1.0 - x
     return tl.where(tl.abs(x) < 0.5, series, direct)
@@ -101,12 +96,9 @@ def latent_forward_kernel(
     else:
         seed = 0
     for c0 in range(col_start, col_end, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        mask = row_mask[:, None] & (cols < col_end)[None, :]
-        cols2 = cols[None, :]
+        cols2, mask = column_block(c0, col_end, row_mask, BLOCK_D)
         # the loads first, so their latency overlaps the Philox integer work below
-        mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
-        lv = load_tile(logvar_ptr, rows2, logvar_stride, cols2, mask, FP64)
+        mu, lv = load_posterior(mu_ptr, logvar_ptr, rows2, mu_stride, logvar_stride, cols2, mask, FP64)
         s = _sigma(lv, FP64)
         if WRITE_Z:
             eps = noise_tile(seed, eps_ptr, eps_stride, rows2, cols2, mask, c0, row_offset, HAS_EPS, FP64, BLOCK_D)
@@ -139,11 +131,8 @@ def latent_backward_kernel(
         gkl = to_compute(tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0), FP64)[:, None]
         gkl = gkl * inv_div(kl_div, FP64)
     for c0 in range(col_start, col_end, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        mask = row_mask[:, None] & (cols < col_end)[None, :]
-        cols2 = cols[None, :]
-        mu = load_tile(mu_ptr, rows2, mu_stride, cols2, mask, FP64)
-        lv = load_tile(logvar_ptr, rows2, logvar_stride, cols2, mask, FP64)
+        cols2, mask = column_block(c0, col_end, row_mask, BLOCK_D)
+        mu, lv = load_posterior(mu_ptr, logvar_ptr, rows2, mu_stride, logvar_stride, cols2, mask, FP64)
         if HAS_GZ:
             gz = load_tile(gz_ptr, rows2, gz_stride, cols2, mask, FP64)
         s = _sigma(lv, FP64)

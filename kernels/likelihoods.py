@@ -51,7 +51,8 @@ likelihood reads s_t bytes per target element once per sample without a (k, B, D
 import triton
 import triton.language as tl
 
-from .tiles import inv_div, load_tile, masked_row_sum, store_tile, tile_columns, tile_rows, to_compute
+from .polynomials import horner
+from .tiles import inv_div, load_tile, masked_row_sum, scalar_arg, store_tile, tile_columns, tile_rows, to_compute
 
 
 @triton.jit
@@ -66,15 +67,9 @@ def _log1p_poly(e):
     """log(1 + e) for e in [0, 1], float32: e * Q(e), Q the degree-8 fit to log1p(e) / e on [0, 1] (max relative
     error 2.0e-7, about 3.4 float32 ulps, evaluated in float32; tiny e keeps its relative precision).  Eight
     FMAs and a multiply, where libdevice's logf is about twenty instructions plus a division."""
-    q = 0.005229014903306961 * e - 0.029490482062101364
-    q = q * e + 0.07820189744234085
-    q = q * e - 0.13661202788352966
-    q = q * e + 0.1910504549741745
-    q = q * e - 0.2484273612499237
-    q = q * e + 0.3331906497478485
-    q = q * e - 0.4999949038028717
-    q = q * e + 0.9999999403953552
-    return q * e
+    return horner(e, (0.005229014903306961, -0.029490482062101364, 0.07820189744234085, -0.13661202788352966,
+                      0.1910504549741745, -0.2484273612499237, 0.3331906497478485, -0.4999949038028717,
+                      0.9999999403953552)) * e
 
 
 @triton.jit
@@ -90,13 +85,8 @@ def _exp_neg(s, FP64: tl.constexpr):
 def _log1p_poly6(e):
     """log(1 + e) for e in [0, 1] to 1.4e-6 (relative), for 16-bit inputs, whose own rounding is a thousand
     times coarser: the degree-6 fit, six FMAs and a multiply."""
-    q = 0.014130092225968838 * e - 0.06636885553598404
-    q = q * e + 0.14918659627437592
-    q = q * e - 0.23501913249492645
-    q = q * e + 0.33108988404273987
-    q = q * e - 0.4998692572116852
-    q = q * e + 0.9999987483024597
-    return q * e
+    return horner(e, (0.014130092225968838, -0.06636885553598404, 0.14918659627437592, -0.23501913249492645,
+                      0.33108988404273987, -0.4998692572116852, 0.9999987483024597)) * e
 
 
 @triton.jit
@@ -196,18 +186,6 @@ def _log_scale(ls_ptr, rows2, ls_stride, cols2, mask, s_scalar, LS_MODE: tl.cons
 
 
 @triton.jit
-def _scalar_log_scale(ls_ptr, ls_value, LS_MODE: tl.constexpr, FP64: tl.constexpr):
-    # Scalar arguments are cast explicitly: an integer-valued float must not change the math.
-    if LS_MODE == 1:
-        s = to_compute(tl.load(ls_ptr), FP64)
-    elif FP64:
-        s = tl.full([], ls_value, tl.float64)
-    else:
-        s = tl.full([], ls_value, tl.float32)
-    return s
-
-
-@triton.jit
 def _target_rows(rows2, t_rows, T_MOD: tl.constexpr):
     """The target row of each row of x: itself, or (T_MOD) itself mod t_rows (a broadcast target)."""
     if T_MOD:
@@ -235,7 +213,7 @@ def nll_forward_kernel(
     acc = to_compute(tl.zeros((BLOCK_R,), dtype=tl.float32), FP64)
     acc_ls = tl.zeros_like(acc)
     per_div = inv_div(grad_div, FP64)
-    s_scalar = _scalar_log_scale(ls_ptr, ls_value, LS_MODE, FP64)
+    s_scalar = scalar_arg(ls_ptr, ls_value, LS_MODE == 1, FP64)  # one value in memory, or the float argument
     for c0 in range(col_start, col_end, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = row_mask[:, None] & (cols < col_end)[None, :]
@@ -307,7 +285,7 @@ def nll_backward_kernel(
     pid = tl.program_id(0)
     step = tl.num_programs(0)
     per_div = inv_div(grad_div, FP64)
-    s_scalar = _scalar_log_scale(ls_ptr, ls_value, LS_MODE, FP64)
+    s_scalar = scalar_arg(ls_ptr, ls_value, LS_MODE == 1, FP64)  # one value in memory, or the float argument
     lanes = tl.arange(0, BLOCK_R).to(tl.int64)
     if G_SCALAR:
         g = to_compute(tl.load(g_ptr), FP64)

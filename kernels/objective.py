@@ -30,7 +30,7 @@ Bytes: reads 4 (n_a + n_rate [+ n_s]) bytes a row, writes 4 bytes a row per per-
 import triton
 import triton.language as tl
 
-from .tiles import to_compute
+from .tiles import scalar_arg, to_compute
 
 
 @triton.jit
@@ -39,17 +39,6 @@ def _row_sums(ptr, rows, mask, stride, n_parts, FP64: tl.constexpr):
     for k in range(1, n_parts):
         total += to_compute(tl.load(ptr + rows * stride + k, mask=mask, other=0.0), FP64)
     return total
-
-
-@triton.jit
-def _scalar(ptr, value, FROM_PTR: tl.constexpr, FP64: tl.constexpr):
-    if FROM_PTR:
-        out = to_compute(tl.load(ptr), FP64)
-    elif FP64:
-        out = tl.full([], value, tl.float64)
-    else:
-        out = tl.full([], value, tl.float32)
-    return out
 
 
 @triton.jit
@@ -67,8 +56,8 @@ def finish_kernel(
     CAP_PTR: tl.constexpr, HAS_S: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """REDUCTION: 0 'none', 1 'mean', 2 'sum'. See the module docstring for what is written."""
-    beta = _scalar(beta_ptr, beta_value, BETA_PTR, FP64)
-    cap = _scalar(cap_ptr, cap_value, CAP_PTR, FP64)
+    beta = scalar_arg(beta_ptr, beta_value, BETA_PTR, FP64)
+    cap = scalar_arg(cap_ptr, cap_value, CAP_PTR, FP64)
     zero = to_compute(tl.zeros((BLOCK,), dtype=tl.float32), FP64)
     acc_a = zero
     acc_r = zero

@@ -34,6 +34,8 @@ statistical tests of tests/test_rng.py (moments, KS at 2.6e5 samples, correlatio
 import triton
 import triton.language as tl
 
+from .polynomials import horner
+
 
 @triton.jit
 def _log_unit(u):
@@ -41,13 +43,8 @@ def _log_unit(u):
     bits = u.to(tl.int32, bitcast=True)
     k = (bits - 0x3F3504F3) >> 23                    # u = 2^k m, m in [sqrt(1/2), sqrt(2))
     f = (bits - (k << 23)).to(tl.float32, bitcast=True) - 1.0   # exact (Sterbenz)
-    p = -0.1013319343328476 * f + 0.1623453050851822
-    p = p * f - 0.1724741905927658
-    p = p * f + 0.19898530840873718
-    p = p * f - 0.24970035254955292
-    p = p * f + 0.33335116505622864
-    p = p * f - 0.5000036358833313
-    p = p * f + 0.9999999403953552
+    p = horner(f, (-0.1013319343328476, 0.1623453050851822, -0.1724741905927658, 0.19898530840873718,
+                   -0.24970035254955292, 0.33335116505622864, -0.5000036358833313, 0.9999999403953552))
     return k.to(tl.float32) * 0.6931471805599453 + p * f
 
 

@@ -28,18 +28,14 @@ about B BT J / BLOCK_I elements; the work, B BT J exponentials, is what bounds i
 import triton
 import triton.language as tl
 
-from .tiles import to_compute
+from .tiles import tile_rows, to_compute, to_scalar
 
 
 @triton.jit
 def _log_weight_values(N, BT, MSS: tl.constexpr, FP64: tl.constexpr):
     """(log w_ii, log w_i,i+1, log w of the others) in the compute dtype, from the integers N and BT."""
-    if FP64:
-        n = tl.full([], N, tl.float64)
-        bt = tl.full([], BT, tl.float64)
-    else:
-        n = tl.full([], N, tl.float32)
-        bt = tl.full([], BT, tl.float32)
+    n = to_scalar(N, FP64)
+    bt = to_scalar(BT, FP64)
     if MSS:
         m = bt - 1.0
         out = -tl.log(n), tl.log((n - m) / (n * m)), -tl.log(m)
@@ -47,6 +43,14 @@ def _log_weight_values(N, BT, MSS: tl.constexpr, FP64: tl.constexpr):
         w = -tl.log(n * bt)
         out = w, w, w
     return out
+
+
+@triton.jit
+def _columns_and_weights(J, N, BT, MSS: tl.constexpr, FP64: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(k, k < J, log w_ii, log w_i,i+1, log w of the others): the latent dimensions and the weights."""
+    k = tl.arange(0, BLOCK_K)
+    log_diag, log_next, log_other = _log_weight_values(N, BT, MSS, FP64)
+    return k, k < J, log_diag, log_next, log_other
 
 
 @triton.jit
@@ -75,19 +79,44 @@ def _densities(z3, mu_ptr, lv_ptr, j, j_mask, k, k_mask, p_stride, FP64: tl.cons
 
 
 @triton.jit
+def _pair_block(z3, gi, mu_ptr, lv_ptr, j, BT, k, k_mask, p_stride, log_diag, log_next, log_other,
+                MSS: tl.constexpr, FP64: tl.constexpr):
+    """(l_ijk, z - mu, exp(-logvar), log w_ij) of the rows of z3 (global rows gi) and batch rows j."""
+    j_mask = j < BT
+    l3, d, iv = _densities(z3, mu_ptr, lv_ptr, j, j_mask, k, k_mask, p_stride, FP64)
+    lw = _log_weights(gi, j[None, :], j_mask[None, :], BT, log_diag, log_next, log_other, MSS)
+    return l3, d, iv, lw
+
+
+@triton.jit
+def _load_z(z_ptr, i, i_mask, k, k_mask, z_stride, FP64: tl.constexpr):
+    """The (BLOCK_I, BLOCK_K) rows i of z in the compute dtype, 0 where masked."""
+    return to_compute(tl.load(z_ptr + i[:, None] * z_stride + k[None, :], mask=i_mask[:, None] & k_mask[None, :],
+                              other=0.0), FP64)
+
+
+@triton.jit
+def _row_inputs(z_ptr, lse_ptr, lsem_ptr, g_ptr, h_ptr, i, i_mask, k, k_mask, J, z_stride, FP64: tl.constexpr):
+    """What backward reads for rows i of z: (z, lse_i, lse_m_ik, g_i, h_i) in the compute dtype."""
+    z = _load_z(z_ptr, i, i_mask, k, k_mask, z_stride, FP64)
+    lse = to_compute(tl.load(lse_ptr + i, mask=i_mask, other=0.0), FP64)
+    lsem = to_compute(tl.load(lsem_ptr + i[:, None] * J + k[None, :], mask=i_mask[:, None] & k_mask[None, :],
+                              other=0.0), FP64)
+    g = to_compute(tl.load(g_ptr + i, mask=i_mask, other=0.0), FP64)
+    h = to_compute(tl.load(h_ptr + i, mask=i_mask, other=0.0), FP64)
+    return z, lse, lsem, g, h
+
+
+@triton.jit
 def tc_forward_kernel(
     z_ptr, mu_ptr, lv_ptr, lse_ptr, lsem_ptr,
     B, BT, J, row0, z_stride, p_stride, N,
     MSS: tl.constexpr, FP64: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """lse_i = log q(z_i) and lse_m_ik = log q(z_ik): see the module docstring."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I).to(tl.int64)
-    i_mask = i < B
-    k = tl.arange(0, BLOCK_K)
-    k_mask = k < J
-    log_diag, log_next, log_other = _log_weight_values(N, BT, MSS, FP64)
-    z = to_compute(tl.load(z_ptr + i[:, None] * z_stride + k[None, :], mask=i_mask[:, None] & k_mask[None, :],
-                           other=0.0), FP64)
+    i, i_mask = tile_rows(B, BLOCK_I)
+    k, k_mask, log_diag, log_next, log_other = _columns_and_weights(J, N, BT, MSS, FP64, BLOCK_K)
+    z = _load_z(z_ptr, i, i_mask, k, k_mask, z_stride, FP64)
     z3 = z[:, None, :]
     gi = (row0 + i)[:, None]
     m_joint = tl.full((BLOCK_I,), float("-inf"), z.dtype)
@@ -96,9 +125,8 @@ def tc_forward_kernel(
     s_marg = tl.zeros((BLOCK_I, BLOCK_K), z.dtype)
     for j0 in range(0, BT, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
-        j_mask = j < BT
-        l3, d, iv = _densities(z3, mu_ptr, lv_ptr, j, j_mask, k, k_mask, p_stride, FP64)
-        lw = _log_weights(gi, j[None, :], j_mask[None, :], BT, log_diag, log_next, log_other, MSS)
+        l3, d, iv, lw = _pair_block(z3, gi, mu_ptr, lv_ptr, j, BT, k, k_mask, p_stride, log_diag, log_next,
+                                    log_other, MSS, FP64)
         s_ij = tl.sum(l3, axis=2) + lw
         new = tl.maximum(m_joint, tl.max(s_ij, axis=1))
         s_joint = s_joint * tl.exp(m_joint - new) + tl.sum(tl.exp(s_ij - new[:, None]), axis=1)
@@ -126,28 +154,19 @@ def tc_backward_z_kernel(
     MSS: tl.constexpr, FP64: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """d/dz of g . log q(z) + h . sum_k log q(z_k), rows of z in parallel, the batch walked."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I).to(tl.int64)
-    i_mask = i < B
-    k = tl.arange(0, BLOCK_K)
-    k_mask = k < J
-    log_diag, log_next, log_other = _log_weight_values(N, BT, MSS, FP64)
-    zm = i_mask[:, None] & k_mask[None, :]
-    z = to_compute(tl.load(z_ptr + i[:, None] * z_stride + k[None, :], mask=zm, other=0.0), FP64)
-    lse = to_compute(tl.load(lse_ptr + i, mask=i_mask, other=0.0), FP64)
-    lsem = to_compute(tl.load(lsem_ptr + i[:, None] * J + k[None, :], mask=zm, other=0.0), FP64)
-    g = to_compute(tl.load(g_ptr + i, mask=i_mask, other=0.0), FP64)
-    h = to_compute(tl.load(h_ptr + i, mask=i_mask, other=0.0), FP64)
+    i, i_mask = tile_rows(B, BLOCK_I)
+    k, k_mask, log_diag, log_next, log_other = _columns_and_weights(J, N, BT, MSS, FP64, BLOCK_K)
+    z, lse, lsem, g, h = _row_inputs(z_ptr, lse_ptr, lsem_ptr, g_ptr, h_ptr, i, i_mask, k, k_mask, J, z_stride, FP64)
     z3 = z[:, None, :]
     gi = (row0 + i)[:, None]
     gz = tl.zeros((BLOCK_I, BLOCK_K), z.dtype)
     for j0 in range(0, BT, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
-        j_mask = j < BT
-        l3, d, iv = _densities(z3, mu_ptr, lv_ptr, j, j_mask, k, k_mask, p_stride, FP64)
-        lw = _log_weights(gi, j[None, :], j_mask[None, :], BT, log_diag, log_next, log_other, MSS)
+        l3, d, iv, lw = _pair_block(z3, gi, mu_ptr, lv_ptr, j, BT, k, k_mask, p_stride, log_diag, log_next,
+                                    log_other, MSS, FP64)
         c = _coefficients(l3, lw, lse, lsem, g, h)
         gz += tl.sum(c * (-d * iv[None, :, :]), axis=1)
-    tl.store(gz_ptr + i[:, None] * J + k[None, :], gz, mask=zm)
+    tl.store(gz_ptr + i[:, None] * J + k[None, :], gz, mask=i_mask[:, None] & k_mask[None, :])
 
 
 @triton.jit
@@ -157,25 +176,17 @@ def tc_backward_params_kernel(
     MSS: tl.constexpr, FP64: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """d/dmu and d/dlogvar of the same, rows of (mu, logvar) in parallel, the rows of z walked."""
-    j = tl.program_id(0).to(tl.int64) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
-    j_mask = j < BT
-    k = tl.arange(0, BLOCK_K)
-    k_mask = k < J
-    log_diag, log_next, log_other = _log_weight_values(N, BT, MSS, FP64)
+    j, j_mask = tile_rows(BT, BLOCK_J)
+    k, k_mask, log_diag, log_next, log_other = _columns_and_weights(J, N, BT, MSS, FP64, BLOCK_K)
     gmu = tl.zeros((BLOCK_J, BLOCK_K), tl.float64 if FP64 else tl.float32)
     glv = tl.zeros_like(gmu)
     for i0 in range(0, B, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I).to(tl.int64)
         i_mask = i < B
-        zm = i_mask[:, None] & k_mask[None, :]
-        z = to_compute(tl.load(z_ptr + i[:, None] * z_stride + k[None, :], mask=zm, other=0.0), FP64)
-        lse = to_compute(tl.load(lse_ptr + i, mask=i_mask, other=0.0), FP64)
-        lsem = to_compute(tl.load(lsem_ptr + i[:, None] * J + k[None, :], mask=zm, other=0.0), FP64)
-        g = to_compute(tl.load(g_ptr + i, mask=i_mask, other=0.0), FP64)
-        h = to_compute(tl.load(h_ptr + i, mask=i_mask, other=0.0), FP64)
-        gi = (row0 + i)[:, None]
-        l3, d, iv = _densities(z[:, None, :], mu_ptr, lv_ptr, j, j_mask, k, k_mask, p_stride, FP64)
-        lw = _log_weights(gi, j[None, :], j_mask[None, :], BT, log_diag, log_next, log_other, MSS)
+        z, lse, lsem, g, h = _row_inputs(z_ptr, lse_ptr, lsem_ptr, g_ptr, h_ptr, i, i_mask, k, k_mask, J, z_stride,
+                                         FP64)
+        l3, d, iv, lw = _pair_block(z[:, None, :], (row0 + i)[:, None], mu_ptr, lv_ptr, j, BT, k, k_mask, p_stride,
+                                    log_diag, log_next, log_other, MSS, FP64)
         c = _coefficients(l3, lw, lse, lsem, g, h)
         c = tl.where(i_mask[:, None, None], c, 0.0)
         gmu += tl.sum(c * d * iv[None, :, :], axis=0)

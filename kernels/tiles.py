@@ -33,13 +33,38 @@ def to_compute(x, FP64: tl.constexpr):
 
 
 @triton.jit
+def to_scalar(value, FP64: tl.constexpr):
+    """A scalar argument (an int, or a float) as a 0-d value of the compute dtype.  Scalar arguments are cast
+    explicitly: an integer-valued float must not change the math."""
+    if FP64:
+        out = tl.full([], value, tl.float64)
+    else:
+        out = tl.full([], value, tl.float32)
+    return out
+
+
+@triton.jit
+def scalar_arg(ptr, value, FROM_PTR: tl.constexpr, FP64: tl.constexpr):
+    """A scalar in the compute dtype: the one value at ptr (FROM_PTR), else the argument value."""
+    if FROM_PTR:
+        out = to_compute(tl.load(ptr), FP64)
+    else:
+        out = to_scalar(value, FP64)
+    return out
+
+
+@triton.jit
 def inv_div(div, FP64: tl.constexpr):
     """1 / div in the compute dtype, for an integer divisor (B for a batch mean, else 1)."""
-    if FP64:
-        inv = 1.0 / tl.full([], div, tl.float64)
-    else:
-        inv = 1.0 / tl.full([], div, tl.float32)
-    return inv
+    return 1.0 / to_scalar(div, FP64)
+
+
+@triton.jit
+def column_block(c0, col_end, row_mask, BLOCK_D: tl.constexpr):
+    """The columns c0 ... c0 + BLOCK_D - 1 of a tile as an int64 (1, BLOCK_D) tensor, and the tile's mask: the
+    rows of row_mask, the columns before col_end."""
+    cols = c0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    return cols[None, :], row_mask[:, None] & (cols < col_end)[None, :]
 
 
 @triton.jit

@@ -127,6 +127,22 @@ def _measure(call: Callable, device, rep_ms) -> dict:
             "reps": timing["reps"], "peak_bytes": peak, "peak_method": method}
 
 
+def _pair(op: str, mode: str, size: dict, fused: Callable, eager: Callable, eager_bytes: int, cfg: ObjectiveConfig,
+          device, log, budget: str = "the budget") -> list[dict]:
+    """The records of one size, fastvae's then eager's: measured, or eager's skipped when its predicted peak
+    ``eager_bytes`` exceeds the memory budget (``budget`` names it in the record)."""
+    out = []
+    for provider, call in (("fastvae", fused), ("eager", eager)):
+        rec = {"op": op, "mode": mode, "provider": provider, **size}
+        if provider == "eager" and eager_bytes > cfg.memory_budget:
+            rec.update(skipped=f"predicted peak {eager_bytes / 2**30:.1f} GiB over {budget}")
+        else:
+            rec.update(_measure(call, device, cfg.rep_ms))
+        out.append(rec)
+        log(_line(rec))
+    return out
+
+
 def _tc_cases(cfg: ObjectiveConfig, device, log) -> list[dict]:
     import fastvae as fv
 
@@ -149,16 +165,9 @@ def _tc_cases(cfg: ObjectiveConfig, device, log) -> list[dict]:
             mi, tc, dwkl = eager_tc_terms(z, mu, lv, N)
             (mi + tc + dwkl).backward()
 
-        for provider, call in (("fastvae", fused), ("eager", eager)):
-            rec = {"op": "tc_decomposition", "mode": "fwd+bwd", "provider": provider, "batch": B, "latent_dim": J}
-            predicted = _tc_eager_bytes(B, J) if provider == "eager" else None
-            if predicted is not None and predicted > cfg.memory_budget:
-                rec.update(skipped=f"predicted peak {predicted / 2**30:.1f} GiB over the memory budget "
-                                   f"{cfg.memory_budget / 2**30:.1f} GiB")
-            else:
-                rec.update(_measure(call, device, cfg.rep_ms))
-            out.append(rec)
-            log(_line(rec))
+        out += _pair("tc_decomposition", "fwd+bwd", dict(batch=B, latent_dim=J), fused, eager,
+                     _tc_eager_bytes(B, J), cfg, device, log,
+                     budget=f"the memory budget {cfg.memory_budget / 2**30:.1f} GiB")
     return out
 
 
@@ -205,16 +214,8 @@ def _iwae_cases(cfg: ObjectiveConfig, device, log) -> list[dict]:
                 with torch.no_grad():
                     return eager_iwae_log_likelihood(x, mu, lv, k, decoder)
 
-            for provider, call in (("fastvae", fused), ("eager", eager)):
-                rec = {"op": "iwae_log_likelihood", "mode": "fwd", "provider": provider, "batch": B, "k": k,
-                       "sample_size": D, "latent_dim": J}
-                predicted = _iwae_eager_bytes(B, k, D, J, False) if provider == "eager" else None
-                if predicted is not None and predicted > cfg.memory_budget:
-                    rec.update(skipped=f"predicted peak {predicted / 2**30:.1f} GiB over the budget")
-                else:
-                    rec.update(_measure(call, device, cfg.rep_ms))
-                out.append(rec)
-                log(_line(rec))
+            out += _pair("iwae_log_likelihood", "fwd", dict(batch=B, k=k, sample_size=D, latent_dim=J), fused, eager,
+                         _iwae_eager_bytes(B, k, D, J, False), cfg, device, log)
     if "iwae_loss" in cfg.ops:
         for k in cfg.iwae_loss_ks:
             def fused(k=k):
@@ -228,16 +229,8 @@ def _iwae_cases(cfg: ObjectiveConfig, device, log) -> list[dict]:
                 lw = eager_iwae_log_weights(x, m, v, k, decoder)
                 (-(torch.logsumexp(lw, dim=1) - math.log(k)).mean()).backward()
 
-            for provider, call in (("fastvae", fused), ("eager", eager)):
-                rec = {"op": "iwae_loss", "mode": "fwd+bwd", "provider": provider, "batch": B, "k": k,
-                       "sample_size": D, "latent_dim": J}
-                predicted = _iwae_eager_bytes(B, k, D, J, True) if provider == "eager" else None
-                if predicted is not None and predicted > cfg.memory_budget:
-                    rec.update(skipped=f"predicted peak {predicted / 2**30:.1f} GiB over the budget")
-                else:
-                    rec.update(_measure(call, device, cfg.rep_ms))
-                out.append(rec)
-                log(_line(rec))
+            out += _pair("iwae_loss", "fwd+bwd", dict(batch=B, k=k, sample_size=D, latent_dim=J), fused, eager,
+                         _iwae_eager_bytes(B, k, D, J, True), cfg, device, log)
         decoder.zero_grad(set_to_none=True)
     return out
 

@@ -72,28 +72,21 @@ def _fv():
     return fastvae
 
 
-def fastvae_reparameterize_kl(mu, logvar):
-    return _fv().reparameterize_kl(mu, logvar)
+def _two_inputs(name: str):
+    """The provider ``fastvae_<name>(a, b)``: ``fastvae.<name>(a, b)`` with its defaults."""
+    def provider(a, b):
+        return getattr(_fv(), name)(a, b)
+
+    provider.__name__ = provider.__qualname__ = f"fastvae_{name}"
+    return provider
 
 
-def fastvae_bernoulli_nll(logits, target):
-    return _fv().bernoulli_nll(logits, target)
-
-
-def fastvae_gaussian_nll(mean, target):
-    return _fv().gaussian_nll(mean, target)
-
-
-def fastvae_mse(recon, target):
-    return _fv().mse(recon, target)
-
-
-def fastvae_laplace_nll(loc, target):
-    return _fv().laplace_nll(loc, target)
-
-
-def fastvae_continuous_bernoulli_nll(logits, target):
-    return _fv().continuous_bernoulli_nll(logits, target)
+fastvae_reparameterize_kl = _two_inputs("reparameterize_kl")
+fastvae_bernoulli_nll = _two_inputs("bernoulli_nll")
+fastvae_gaussian_nll = _two_inputs("gaussian_nll")
+fastvae_mse = _two_inputs("mse")
+fastvae_laplace_nll = _two_inputs("laplace_nll")
+fastvae_continuous_bernoulli_nll = _two_inputs("continuous_bernoulli_nll")
 
 
 def fastvae_free_bits_kl(mu, logvar, free_bits=FREE_BITS):

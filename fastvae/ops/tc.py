@@ -32,12 +32,19 @@ def _blocks(J: int, small: bool) -> tuple[int, int, int]:
     return block_i, block_j, block_k
 
 
+def _sizes(z, mu, logvar):
+    """(B, BT, J, the compute dtype) of a problem: rows of z, rows of the batch, latent dimensions."""
+    return z.shape[0], mu.shape[0], z.shape[1], _backend.compute_dtype(z, mu, logvar)
+
+
+def _log_density_outputs(B: int, J: int, dtype, device):
+    """Empty ``(lse, lsem)``: log q(z_i) (B,) and log q(z_ik) (B, J)."""
+    return torch.empty(B, dtype=dtype, device=device), torch.empty(B, J, dtype=dtype, device=device)
+
+
 def _triton_forward(z, mu, logvar, row0, n_data, mss):
-    B, J = z.shape
-    BT = mu.shape[0]
-    dtype = _backend.compute_dtype(z, mu, logvar)
-    lse = torch.empty(B, dtype=dtype, device=z.device)
-    lsem = torch.empty(B, J, dtype=dtype, device=z.device)
+    B, BT, J, dtype = _sizes(z, mu, logvar)
+    lse, lsem = _log_density_outputs(B, J, dtype, z.device)
     if B == 0:
         return lse, lsem
     bi, bj, bk = _blocks(J, _backend._STATE.small_tiles)
@@ -49,12 +56,8 @@ def _triton_forward(z, mu, logvar, row0, n_data, mss):
 
 
 def _triton_backward(z, mu, logvar, row0, n_data, mss, lse, lsem, g, h):
-    B, J = z.shape
-    BT = mu.shape[0]
-    dtype = _backend.compute_dtype(z, mu, logvar)
-    gz = torch.empty(B, J, dtype=dtype, device=z.device)
-    gmu = torch.empty(BT, J, dtype=dtype, device=z.device)
-    glv = torch.empty(BT, J, dtype=dtype, device=z.device)
+    B, BT, J, dtype = _sizes(z, mu, logvar)
+    gz, gmu, glv = (torch.empty(n, J, dtype=dtype, device=z.device) for n in (B, BT, BT))
     bi, bj, bk = _blocks(J, _backend._STATE.small_tiles)
     kern = _backend.kernels("tc")
     args = (z, mu, logvar, lse, lsem, g, h)
@@ -116,11 +119,8 @@ def _online(state, values):
 
 @_backend.without_autocast
 def _torch_forward(z, mu, logvar, row0, n_data, mss):
-    B, J = z.shape
-    BT = mu.shape[0]
-    dtype = _backend.compute_dtype(z, mu, logvar)
-    lse = torch.empty(B, dtype=dtype, device=z.device)
-    lsem = torch.empty(B, J, dtype=dtype, device=z.device)
+    B, BT, J, dtype = _sizes(z, mu, logvar)
+    lse, lsem = _log_density_outputs(B, J, dtype, z.device)
     ci, cj = _chunks(B, BT, J)
     for i0 in range(0, B, ci):
         i1 = min(B, i0 + ci)
@@ -136,12 +136,9 @@ def _torch_forward(z, mu, logvar, row0, n_data, mss):
 
 @_backend.without_autocast
 def _torch_backward(z, mu, logvar, row0, n_data, mss, lse, lsem, g, h):
-    B, J = z.shape
-    BT = mu.shape[0]
-    dtype = _backend.compute_dtype(z, mu, logvar)
-    gz = torch.zeros(B, J, dtype=dtype, device=z.device)
-    gmu = torch.zeros(J, BT, dtype=dtype, device=z.device)
-    glv = torch.zeros(J, BT, dtype=dtype, device=z.device)
+    B, BT, J, dtype = _sizes(z, mu, logvar)
+    # accumulated chunk by chunk; the batch's gradients laid out (J, BT), as the chunks' terms are
+    gz, gmu, glv = (torch.zeros(*shape, dtype=dtype, device=z.device) for shape in ((B, J), (J, BT), (J, BT)))
     ci, cj = _chunks(B, BT, J)
     for i0 in range(0, B, ci):
         i1 = min(B, i0 + ci)
