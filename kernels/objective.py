@@ -56,6 +56,8 @@ def finish_kernel(
     CAP_PTR: tl.constexpr, HAS_S: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """REDUCTION: 0 'none', 1 'mean', 2 'sum'. See the module docstring for what is written."""
+    # Long on purpose: one program does the reduction over the batch and then the combine, so its two
+    # halves share the accumulators (a split would pass them through global memory or a second launch).
     beta = scalar_arg(beta_ptr, beta_value, BETA_PTR, FP64)
     cap = scalar_arg(cap_ptr, cap_value, CAP_PTR, FP64)
     zero = to_compute(tl.zeros((BLOCK,), dtype=tl.float32), FP64)

@@ -88,6 +88,7 @@ def _csv(choices: Sequence[str]):
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``fastvae bench``."""
+    # Long on purpose: a flat list of declarations, one per option, in the order ``-h`` shows them.
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     parser.add_argument("--ops", type=_csv(C.OPS), default=list(C.OPS),

@@ -159,6 +159,8 @@ def _fused_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, g
 
 
 def _torch_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale=None):
+    # Long on purpose: one branch per likelihood, each a handful of in-place torch ops, so the memory passes of
+    # every kind read side by side (and match the kernel's branches in kernels/likelihoods.py).
     broadcast = target.shape[0] != x.shape[0]
     if _cpu_fused.enabled(x) and not broadcast:
         fused = _fused_rows(x, target, log_scale, log_scale_value, kind, grad_div, grad_x, grad_ls, grad_scale)

@@ -16,7 +16,6 @@ It writes ``eval.json`` and ``kl_per_dim.png`` into the run folder and returns t
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -25,6 +24,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from ..files import write_json
 from .errors import TrainError
 from .metrics import ACTIVE_KL
 
@@ -114,7 +114,6 @@ def evaluate_run(run: Union[str, os.PathLike], *, k: int = 1000, n: int = 10000,
     Raises:
         TrainError: a missing or foreign run folder, an unreadable checkpoint, or bad arguments.
     """
-    import fastvae as fv
 
     from ..data import get_dataset
     from .load import load_run
@@ -145,42 +144,48 @@ def evaluate_run(run: Union[str, os.PathLike], *, k: int = 1000, n: int = 10000,
     out.update(_rate_distortion(model, dataset, indices, likelihood, log_scale, config.seed))
     out["active_threshold"] = ACTIVE_THRESHOLD
     out["active_dims"] = sum(v > ACTIVE_THRESHOLD for v in out["kl_per_dim"])
-    out["log_likelihood"] = None
-    if log_likelihood:
-        if ll_n is None:
-            ll_n = len(indices) if device.type == "cuda" else min(len(indices), max(16, CPU_DECODES // k))
-        ll_idx = indices[:ll_n]
-        batches = (dataset.batch(ll_idx[i:i + _BATCH]) for i in range(0, len(ll_idx), _BATCH))
-        gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        est = fv.eval.log_likelihood(model, _Sized(batches, -(-len(ll_idx) // _BATCH)), k=k, chunk=chunk,
-                                     generator=gen, progress=progress).double()
-        out["log_likelihood"] = est.mean().item()
-        out["log_likelihood_sem"] = (est.std().item() / math.sqrt(len(est))) if len(est) > 1 else float("nan")
-        out["log_likelihood_k"] = k
-        out["log_likelihood_samples"] = len(est)
-    out["mig"] = None
-    if mig and getattr(dataset, "factors", None) is not None:
-        from .. import metrics
-
-        result = metrics.mig_for_model(model, dataset, n=n, generator=config.seed)
-        per = result.per_factor.tolist()
-        names = getattr(dataset.factors, "names", None)
-        out["mig"] = {"score": result.score, "per_factor": dict(zip(names, per)) if names else per, "samples": n}
+    out.update(_log_likelihood(model, dataset, indices, k=k, ll_n=ll_n, chunk=chunk, seed=config.seed,
+                               progress=progress) if log_likelihood else {"log_likelihood": None})
+    out["mig"] = _mig(model, dataset, n, config.seed) if mig else None
     out["seconds"] = round(time.time() - started, 2)
+    log(format_table(out))
     if write:
-        with open(os.path.join(run, EVAL_NAME), "w") as f:
-            json.dump(out, f, indent=1)
-            f.write("\n")
         png = plot_kl_per_dim(out["kl_per_dim"], os.path.join(run, KL_PNG),
                               title=f"KL per latent dimension, {out['samples']} {which} samples "
                                     f"(step {loaded.step}); {out['active_dims']} active")
-        out_png = png
-    else:
-        out_png = None
-    log(format_table(out))
-    if write:
-        log(f"wrote {os.path.join(run, EVAL_NAME)}" + (f" and {out_png}" if out_png else ""))
+        write_json(os.path.join(run, EVAL_NAME), out)
+        log(f"wrote {os.path.join(run, EVAL_NAME)}" + (f" and {png}" if png else ""))
     return out
+
+
+def _log_likelihood(model, dataset, indices, *, k: int, ll_n: Optional[int], chunk: Optional[int], seed: int,
+                    progress) -> dict:
+    """The importance-sampled log p(x) on the first ``ll_n`` of ``indices`` (see :func:`evaluate_run`)."""
+    import fastvae as fv
+
+    device = indices.device
+    if ll_n is None:
+        ll_n = len(indices) if device.type == "cuda" else min(len(indices), max(16, CPU_DECODES // k))
+    ll_idx = indices[:ll_n]
+    batches = (dataset.batch(ll_idx[i:i + _BATCH]) for i in range(0, len(ll_idx), _BATCH))
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    est = fv.eval.log_likelihood(model, _Sized(batches, -(-len(ll_idx) // _BATCH)), k=k, chunk=chunk,
+                                 generator=gen, progress=progress).double()
+    sem = (est.std().item() / math.sqrt(len(est))) if len(est) > 1 else float("nan")
+    return {"log_likelihood": est.mean().item(), "log_likelihood_sem": sem, "log_likelihood_k": k,
+            "log_likelihood_samples": len(est)}
+
+
+def _mig(model, dataset, n: int, seed: int) -> Optional[dict]:
+    """MIG of the posterior means on ``n`` samples, where the data has ground-truth factors (else None)."""
+    if getattr(dataset, "factors", None) is None:
+        return None
+    from .. import metrics
+
+    result = metrics.mig_for_model(model, dataset, n=n, generator=seed)
+    per = result.per_factor.tolist()
+    names = getattr(dataset.factors, "names", None)
+    return {"score": result.score, "per_factor": dict(zip(names, per)) if names else per, "samples": n}
 
 
 class _Sized:

@@ -93,30 +93,9 @@ def _title(metrics: dict) -> str:
 # ----------------------------------------------------------------------------- curves
 
 
-def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
-    """Loss, distortion, rate and beta against the step (the ``history`` of ``metrics.json``)."""
-    figures = figures or _figures()
-    history = metrics.get("history") or []
-    if figures is None or not history:
-        return None
-    steps = [h["step"] for h in history]
-    fig, axes = figures.subplots(2, 2, figsize=(11, 7), sharex=True)
-    style = dict(marker="o" if len(steps) < 3 else None, linewidth=1.5)
-    objective = (metrics.get("config") or {}).get("objective", "beta-vae")
-    loss_title = {"tcvae": "Loss = distortion + alpha MI + beta TC + gamma dim-wise KL",
-                  "iwae": "Loss = -IWAE bound"}.get(objective, "Loss = distortion + beta x rate")
-    panels = [
-        (axes[0, 0], "loss", "loss (nats)", loss_title, "tab:blue"),
-        (axes[0, 1], "distortion", "distortion (nats)", "Distortion: reconstruction NLL per sample", "tab:orange"),
-        (axes[1, 0], "rate", "rate (nats)", "Rate: KL(q(z|x) || N(0, I)) per sample", "tab:green"),
-        (axes[1, 1], "beta", "beta", "beta (weight of the rate)", "tab:purple"),
-    ]
-    for ax, key, ylabel, title, color in panels:
-        values = [h.get(key, math.nan) for h in history]
-        ax.plot(steps, values, color=color, **style)
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
+def _overlay_rate_and_held_out(axes, metrics: dict, history: list, steps: list) -> None:
+    """What :func:`plot_curves` draws over its panels: the held-out numbers per epoch, the beta-TCVAE terms,
+    the target rate of a constrained run and the capacity of a capacity run."""
     # The held-out numbers of each epoch, as points over the training curves.
     epochs = [e for e in metrics.get("epochs") or [] if "val_loss" in e]
     for ax, key, label in ((axes[0, 0], "val_objective", "held-out loss"),
@@ -141,6 +120,33 @@ def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
         rate_ax.plot(steps, [h.get("capacity", math.nan) for h in history], color="black", linestyle="--",
                      linewidth=1, label="capacity C")
         rate_ax.legend(loc="best", fontsize=8)
+
+
+def plot_curves(metrics: dict, path: str, figures=None) -> Optional[str]:
+    """Loss, distortion, rate and beta against the step (the ``history`` of ``metrics.json``)."""
+    figures = figures or _figures()
+    history = metrics.get("history") or []
+    if figures is None or not history:
+        return None
+    steps = [h["step"] for h in history]
+    fig, axes = figures.subplots(2, 2, figsize=(11, 7), sharex=True)
+    style = dict(marker="o" if len(steps) < 3 else None, linewidth=1.5)
+    objective = (metrics.get("config") or {}).get("objective", "beta-vae")
+    loss_title = {"tcvae": "Loss = distortion + alpha MI + beta TC + gamma dim-wise KL",
+                  "iwae": "Loss = -IWAE bound"}.get(objective, "Loss = distortion + beta x rate")
+    panels = [
+        (axes[0, 0], "loss", "loss (nats)", loss_title, "tab:blue"),
+        (axes[0, 1], "distortion", "distortion (nats)", "Distortion: reconstruction NLL per sample", "tab:orange"),
+        (axes[1, 0], "rate", "rate (nats)", "Rate: KL(q(z|x) || N(0, I)) per sample", "tab:green"),
+        (axes[1, 1], "beta", "beta", "beta (weight of the rate)", "tab:purple"),
+    ]
+    for ax, key, ylabel, title, color in panels:
+        values = [h.get(key, math.nan) for h in history]
+        ax.plot(steps, values, color=color, **style)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    _overlay_rate_and_held_out(axes, metrics, history, steps)
     # beta on a log axis: a constrained beta moves by factors, and a fall to 1e-4 must show.
     betas = [h["beta"] for h in history if math.isfinite(h.get("beta", math.nan)) and h["beta"] > 0]
     if betas:

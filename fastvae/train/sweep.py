@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..files import write_json
 from .errors import TrainError
 
 __all__ = ["CPU_STEPS", "DEFAULT_BETAS", "SWEEP_NAME", "RD_PNG", "run_name", "sweep", "plot_rate_distortion"]
@@ -98,21 +99,12 @@ def sweep(betas: Sequence[float], config, *, out: str, explicit: Optional[set] =
         n: held-out samples each run is evaluated on (rate, distortion, KL per dimension, MIG).
         progress: tqdm bars (None: when stdout is a terminal).
     """
-    from .distributed import dist_from_env
     from .evaluate import evaluate_run
     from .plan import device_for
-    from .run import train
 
     betas = _check_betas(betas)
     explicit = set(explicit or ())
-    if out is None:
-        raise TrainError("fastvae sweep needs --out, the folder of its runs")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise TrainError(f"--out {out}: exists and is not a folder")
-    d = dist_from_env()
-    if d.enabled:
-        raise TrainError("fastvae sweep runs its trainings one after another in one process: run it without "
-                         "torchrun (each run may still use --device cuda)")
+    d = _check_out_and_processes(out)
     device = device_for(config.device, d)
     run_config, note = _sweep_config(config, explicit, device.type, log)
     os.makedirs(out, exist_ok=True)
@@ -120,22 +112,10 @@ def sweep(betas: Sequence[float], config, *, out: str, explicit: Optional[set] =
     runs = []
     for i, beta in enumerate(betas):
         folder = os.path.join(out, run_name(beta))
-        c = dataclasses.replace(run_config, beta=beta)
-        has_checkpoint = os.path.exists(os.path.join(folder, "checkpoint.pt"))
-        if has_checkpoint and _finished(folder, run_config.steps):
-            log(f"[{i + 1}/{len(betas)}] beta {beta:g}: {folder} finished before, kept")
-        elif has_checkpoint:
-            log(f"[{i + 1}/{len(betas)}] beta {beta:g}: resuming {folder}")
-            # the sweep's own length and no clock; the rest of the run's config is its checkpoint's
-            result = train(c, resume=folder, explicit={"time_limit"} | (explicit & {"steps", "epochs"}),
-                           progress=progress, log=log)
-            if result.status != "finished":
-                return _stopped(out, betas, runs, result.status, log)
-        else:
-            log(f"[{i + 1}/{len(betas)}] beta {beta:g}: training into {folder}")
-            result = train(c, out=folder, overwrite=os.path.isdir(folder), progress=progress, log=log)
-            if result.status != "finished":
-                return _stopped(out, betas, runs, result.status, log)
+        status = _train_one(f"[{i + 1}/{len(betas)}] beta {beta:g}", folder, dataclasses.replace(run_config, beta=beta),
+                            explicit, progress, log)
+        if status != "finished":
+            return _stopped(out, betas, runs, status, log)
         e = evaluate_run(folder, n=n, log_likelihood=False, mig=mig, device=device, progress=progress, log=log)
         runs.append({"beta": beta, "out": folder, "step": e["step"], "rate": e["rate"], "distortion": e["distortion"],
                      "elbo": e["elbo"], "active_dims": e["active_dims"], "kl_per_dim": e["kl_per_dim"],
@@ -144,13 +124,43 @@ def sweep(betas: Sequence[float], config, *, out: str, explicit: Optional[set] =
               "config": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in dataclasses.asdict(run_config).items() if k != "beta"},
               "seconds": round(time.time() - started, 1)}
-    with open(os.path.join(out, SWEEP_NAME), "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(out, SWEEP_NAME), report)
     png = plot_rate_distortion(runs, os.path.join(out, RD_PNG), note=note)
     log(_table(runs))
     log(f"wrote {os.path.join(out, SWEEP_NAME)}" + (f" and {png}" if png else ""))
     return report
+
+
+def _check_out_and_processes(out):
+    """The sweep's folder can be used and no torchrun is around; returns the (single-process) Dist."""
+    from .distributed import dist_from_env
+
+    if out is None:
+        raise TrainError("fastvae sweep needs --out, the folder of its runs")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TrainError(f"--out {out}: exists and is not a folder")
+    d = dist_from_env()
+    if d.enabled:
+        raise TrainError("fastvae sweep runs its trainings one after another in one process: run it without "
+                         "torchrun (each run may still use --device cuda)")
+    return d
+
+
+def _train_one(label: str, folder: str, c, explicit: set, progress, log) -> str:
+    """Keep, resume or start the run of one beta in ``folder``; returns its status ('finished' to go on)."""
+    from .run import train
+
+    has_checkpoint = os.path.exists(os.path.join(folder, "checkpoint.pt"))
+    if has_checkpoint and _finished(folder, c.steps):
+        log(f"{label}: {folder} finished before, kept")
+        return "finished"
+    if has_checkpoint:
+        log(f"{label}: resuming {folder}")
+        # the sweep's own length and no clock; the rest of the run's config is its checkpoint's
+        return train(c, resume=folder, explicit={"time_limit"} | (explicit & {"steps", "epochs"}), progress=progress,
+                     log=log).status
+    log(f"{label}: training into {folder}")
+    return train(c, out=folder, overwrite=os.path.isdir(folder), progress=progress, log=log).status
 
 
 def _stopped(out, betas, runs, status, log) -> dict:
