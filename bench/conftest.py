@@ -9,7 +9,13 @@ time anything); --benchmark-only given on the command line re-enables benchmarki
 """
 from __future__ import annotations
 
-import pytest
+import os
+
+# Passive OpenMP waits, before torch loads (as `fastvae bench` sets them): a torch.compile'd provider's
+# spinning threads would otherwise slow down the provider timed after it (see fastvae/_openmp.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 import torch
 
 from fastvae import bench as fb

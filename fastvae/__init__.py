@@ -5,7 +5,7 @@ The functional API mirrors ``torch.nn.functional``; see :mod:`fastvae.functional
 # The version, read by pyproject.toml (setuptools' dynamic version) and by the code.
 __version__ = "0.1.0"
 
-# Before torch is imported: the `fastvae train` command waits passively in OpenMP (see _openmp.py).
+# Before torch is imported: the CPU `fastvae` commands wait passively in OpenMP (see _openmp.py).
 from . import _openmp
 
 _openmp.set_for_the_command()

@@ -1,4 +1,4 @@
-"""``OMP_WAIT_POLICY=PASSIVE`` for the ``fastvae train`` command on the CPU, set before torch loads.
+"""``OMP_WAIT_POLICY=PASSIVE`` for the ``fastvae`` commands on the CPU, set before torch loads.
 
 PyTorch's OpenMP threads spin while they wait for work.  On a machine whose cores are shared with
 other processes a spinning thread holds a core that the thread it waits for needs, which can make
@@ -8,8 +8,12 @@ afterwards, so it must be in the environment before ``import torch``.  ``fastvae
 calls :func:`set_for_the_command` first thing: the package's import is the first code of ours
 that runs for both ``fastvae ...`` and ``python -m fastvae ...``.
 
+It matters to ``fastvae bench`` too: after a ``torch.compile``'d call (the ``compile`` provider, and
+fastvae's own compiled CPU loops) the OpenMP threads keep spinning and slow down whatever is timed next
+by 2-2.5x at small sizes on a 2-core machine (bench/NOTES.md, 2026-12-02).
+
 Only the command does this, never a library import: the process must be the ``fastvae`` command
-running ``train`` (not ``-h``), torch not yet imported, ``OMP_WAIT_POLICY`` not set, not under
+running one of :data:`COMMANDS` (not ``-h``), torch not yet imported, ``OMP_WAIT_POLICY`` not set, not under
 torchrun (which sets ``OMP_NUM_THREADS=1`` anyway), and ``--device`` not naming CUDA.  With
 ``--device auto`` the policy is set too, before torch can say whether CUDA is there; on a CUDA
 run the CPU threads have next to nothing to do, so waiting passively costs nothing there.
@@ -20,7 +24,10 @@ import os
 import sys
 from typing import List, Optional
 
-__all__ = ["set_for_the_command"]
+__all__ = ["set_for_the_command", "COMMANDS"]
+
+#: The subcommands that run torch work on the CPU.
+COMMANDS = ("train", "sweep", "eval", "sample", "bench")
 
 # Interpreter options that take a value as the next argument.
 _OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
@@ -63,7 +70,7 @@ def set_for_the_command() -> None:
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
         return
     args = _command_arguments()
-    if not args or args[0] != "train" or "-h" in args or "--help" in args:
+    if not args or args[0] not in COMMANDS or "-h" in args or "--help" in args:
         return
     if _device(args).startswith("cuda"):
         return

@@ -480,7 +480,7 @@ def _run_bench(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``fastvae`` console script; returns the exit status.  (A CPU
-    ``fastvae train`` waits passively in OpenMP: see :mod:`fastvae._openmp`.)"""
+    the ``fastvae`` commands wait passively in OpenMP: see :mod:`fastvae._openmp`.)"""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         # bench parses its own options (its parser is defined next to the benchmarks).

@@ -505,12 +505,14 @@ def test_help_and_bench_delegation(capsys):
     (["-m"], ["python", "-X", "dev", "-m", "fastvae", "train", "--device=cpu"], "PASSIVE"),
     (["/venv/bin/fastvae", "train", "--device", "cuda:1"], None, None),
     (["/venv/bin/fastvae", "train", "--help"], None, None),
-    (["/venv/bin/fastvae", "bench"], None, None),
+    (["/venv/bin/fastvae", "bench"], None, "PASSIVE"),
+    (["/venv/bin/fastvae", "bench", "--device", "cuda"], None, None),
+    (["/venv/bin/fastvae", "sweep", "--betas", "1,2"], None, "PASSIVE"),
     (["-m"], ["python", "-m", "pytest", "tests"], None),
     (["script.py"], ["python", "script.py", "-m", "fastvae", "train"], None),
-], ids=["script", "python-m", "cuda", "help", "bench", "other-module", "script-argument"])
+], ids=["script", "python-m", "cuda", "help", "bench", "bench-cuda", "sweep", "other-module", "script-argument"])
 def test_the_train_command_waits_passively_in_openmp(monkeypatch, argv, orig_argv, policy):
-    """fastvae/__init__.py sets OMP_WAIT_POLICY=PASSIVE before torch loads, for a CPU `fastvae train` only."""
+    """fastvae/__init__.py sets OMP_WAIT_POLICY=PASSIVE before torch loads, for the CPU `fastvae` commands only."""
     from fastvae import _openmp
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
