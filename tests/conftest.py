@@ -160,3 +160,16 @@ def kernel_launches(monkeypatch):
 
     monkeypatch.setattr(interpreter.GridExecutor, "__call__", counting)
     return launched
+
+
+@pytest.fixture
+def single_process_torch(monkeypatch):
+    """A training test's process: the PyTorch path, no torchrun variables, one thread (on a shared machine
+    spinning OpenMP threads make tiny steps many times slower); the thread count is restored after."""
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

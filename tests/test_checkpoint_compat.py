@@ -16,15 +16,7 @@ make = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make)
 
 
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_process_torch")
 
 
 def without_timings(entries):

@@ -45,7 +45,8 @@ def _torchrun(tmp_path, *args):
     return proc
 
 
-def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, monkeypatch):
+@pytest.mark.usefixtures("single_process_torch")  # this process's own run (torchrun's get their env from _torchrun)
+def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     ddp_out, single_out, half_out = tmp_path / "ddp", tmp_path / "single", tmp_path / "half"
     proc = _torchrun(tmp_path, *ARGS, "--out", str(ddp_out))
     assert "2 processes x 4" in proc.stdout  # the banner: global batch 8 split in two
@@ -56,16 +57,8 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, monk
     # holds the whole state, metric sums included.
     _torchrun(tmp_path, *ARGS, "--steps", "3", "--checkpoint-every", "3", "--out", str(half_out))
 
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli.main(["train", *ARGS, "--out", str(single_out)]) == 0
-        assert cli.main(["train", "--resume", str(half_out), "--steps", "4"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert cli.main(["train", *ARGS, "--out", str(single_out)]) == 0
+    assert cli.main(["train", "--resume", str(half_out), "--steps", "4"]) == 0
     ddp, single = load_checkpoint(str(ddp_out)), load_checkpoint(str(single_out))
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert ddp["step"] == single["step"] == 4
@@ -99,18 +92,11 @@ OBJECTIVE_ARGS = ["--model", "mlp", "--hidden", "16", "--latent-dim", "3", "--ba
     (["--objective", "tcvae", "--beta", "6", "--alpha", "0.5", "--gamma", "2"],
      ("loss", "distortion", "rate", "mi", "tc", "dwkl")),
 ], ids=["free-bits-dim", "tcvae"])
-def test_objectives_on_two_processes_match_one_process(tmp_path, monkeypatch, extra, keys):
+@pytest.mark.usefixtures("single_process_torch")
+def test_objectives_on_two_processes_match_one_process(tmp_path, extra, keys):
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     _torchrun(tmp_path, *OBJECTIVE_ARGS, *extra, "--out", str(ddp_out))
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli.main(["train", *OBJECTIVE_ARGS, *extra, "--out", str(single_out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert cli.main(["train", *OBJECTIVE_ARGS, *extra, "--out", str(single_out)]) == 0
     ddp, single = load_checkpoint(str(ddp_out)), load_checkpoint(str(single_out))
     assert ddp["world_size"] == 2 and ddp["step"] == single["step"] == 4
     for key, value in single["model"].items():

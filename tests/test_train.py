@@ -25,16 +25,7 @@ PNGS = ("curves.png", "reconstructions.png", "traversals.png", "samples.png", "k
 TINY = ["--model", "mlp", "--hidden", "32", "--latent-dim", "4", "--batch-size", "8", "--lr", "3e-3"]
 
 
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    # One thread: on a shared machine spinning OpenMP threads make tiny steps many times slower.
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_process_torch")
 
 
 def run_cli(*args) -> int:
