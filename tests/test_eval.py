@@ -27,7 +27,8 @@ class _Problem:
         self.W = q * torch.tensor([1.6, 1.0, 0.6], dtype=F64)
         self.b = torch.randn(D, generator=g, dtype=F64) * 0.3
         cov = self.W @ self.W.T + SIGMA**2 * torch.eye(D, dtype=F64)
-        self.x = torch.distributions.MultivariateNormal(self.b, cov).sample((n,))
+        # drawn from the seeded generator (not torch's global one), so the problem does not depend on what ran before
+        self.x = self.b + torch.randn(n, D, generator=g, dtype=F64) @ torch.linalg.cholesky(cov).T
         self.log_px = R.linear_gaussian_log_px(self.x, self.W, self.b, SIGMA)
         torch.testing.assert_close(self.log_px, torch.distributions.MultivariateNormal(self.b, cov).log_prob(self.x))
         a_inv = torch.linalg.inv(torch.eye(J, dtype=F64) + self.W.T @ self.W / SIGMA**2)
