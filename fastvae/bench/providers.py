@@ -57,8 +57,7 @@ def eager_continuous_bernoulli_nll(logits, target):
 
 def eager_free_bits_kl(mu, logvar, free_bits=FREE_BITS):
     # Kingma et al. 2016: the batch-mean KL of each latent dimension, floored, summed
-    kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
-    return torch.clamp(kl.mean(0), min=free_bits).sum()
+    return torch.clamp(eager.kl_elements(mu, logvar).mean(0), min=free_bits).sum()
 
 
 def eager_beta_vae_loss(recon, target, mu, logvar, beta=BETA):

@@ -178,11 +178,11 @@ class VAE(nn.Module):
                                 capacity=capacity, reduction=reduction)
 
     def iwae_loss(self, x: Tensor, *, k: int = 5, reduction: str = "mean",
-                  generator: Optional[torch.Generator] = None) -> "F_.IWAELoss":
+                  generator: Optional[torch.Generator] = None, log_scale=None) -> "F_.IWAELoss":
         """The IWAE objective of ``x`` with ``k`` importance samples (see :func:`fastvae.iwae_loss`): ``x`` encoded
         once, the ``(k, B)`` samples and log ratios drawn in one pass (:func:`fastvae.reparameterize_log_weights`),
         decoded as one ``(k B, latent_dim)`` batch, and the target read in place for every sample.  k = 1 is the
-        sampled ELBO."""
+        sampled ELBO.  ``log_scale`` (the Gaussian/Laplace scale) defaults to the model's learned one, else 0."""
         mu, logvar = self.encode(x)
         z, log_ratio = F_.reparameterize_log_weights(mu, logvar, k, generator=generator)
         recon = self.decode(z.reshape(-1, self.latent_dim))
@@ -190,9 +190,11 @@ class VAE(nn.Module):
         if recon.shape != expected:
             raise ValueError(f"decoder output: expected {expected} for {z.shape[0]} samples of the input's shape "
                              f"{tuple(x.shape)}, got {tuple(recon.shape)}")
-        learned = self.log_scale is not None and self.likelihood in _SCALED_LIKELIHOODS
+        if log_scale is None:
+            learned = self.log_scale is not None and self.likelihood in _SCALED_LIKELIHOODS
+            log_scale = self.log_scale if learned else 0.0
         return F_.iwae_loss(recon.reshape((z.shape[0],) + tuple(x.shape)), x, log_ratio, likelihood=self.likelihood,
-                            log_scale=self.log_scale if learned else 0.0, reduction=reduction)
+                            log_scale=log_scale, reduction=reduction)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:

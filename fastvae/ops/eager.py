@@ -55,9 +55,14 @@ def nll_rows(kind: str, x: Tensor, target: Tensor, log_scale=0.0) -> Tensor:
     return nll_elements(kind, x, target, log_scale).reshape(x.shape[0], -1).sum(1)
 
 
+def kl_elements(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL of N(mu, exp(logvar)) from N(0, 1) per element: ``-0.5 * (1 + logvar - mu^2 - exp(logvar))``."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
 def kl_rows(mu: Tensor, logvar: Tensor) -> Tensor:
-    """Per-sample KL of N(mu, exp(logvar)) from N(0, I): ``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))``."""
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).reshape(mu.shape[0], -1).sum(1)
+    """Per-sample KL of N(mu, exp(logvar)) from N(0, I): the sum of :func:`kl_elements` over a sample."""
+    return kl_elements(mu, logvar).reshape(mu.shape[0], -1).sum(1)
 
 
 def reduce(rows: Tensor, reduction: str) -> Tensor:

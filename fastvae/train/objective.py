@@ -52,7 +52,9 @@ def _global_free_bits_loss(distortion: Tensor, mu: Tensor, logvar: Tensor, beta,
     ranks' averaged gradient is the one-process gradient of the global batch.  ``value`` is the global
     objective (the same on every rank, up to the rank's own distortion).
     """
-    kl = 0.5 * (mu.float() ** 2 + torch.expm1(logvar.float()) - logvar.float())
+    from ..ops import eager
+
+    kl = eager.kl_elements(mu.float(), logvar.float())
     means = mean_over_ranks(kl.detach().mean(0), world_size)
     above = means >= floor
     penalized = torch.where(above, kl, torch.zeros_like(kl)).sum(1).mean() + floor * (~above).sum()
@@ -185,14 +187,8 @@ class Objective(nn.Module):
         return t.loss, t.loss.detach(), t.distortion.detach(), t.rate.detach(), extras
 
     def _iwae(self, x, generator, row_offset: int, log_scale) -> tuple:
-        import fastvae as fv
-
         if row_offset:  # another rank: its own noise, derived from the step's seed and its first row
             generator = torch.Generator(device=generator.device).manual_seed(
                 (generator.initial_seed() * 1_000_003 + row_offset) % (2**63 - 1))
-        model = self.model
-        mu, logvar = model.encode(x)
-        z, log_ratio = fv.reparameterize_log_weights(mu, logvar, self.k, generator=generator)
-        recon = model.decode(z.reshape(-1, z.shape[-1])).reshape((self.k,) + tuple(x.shape))
-        loss, distortion, rate = fv.iwae_loss(recon, x, log_ratio, likelihood=self.likelihood, log_scale=log_scale)
+        loss, distortion, rate = self.model.iwae_loss(x, k=self.k, generator=generator, log_scale=log_scale)
         return loss, loss.detach(), distortion.detach(), rate.detach(), None
