@@ -490,7 +490,7 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int
     sampling, M = B - 1: w_ii = 1/N, w_i,(i+1) mod B = (N - M)/(N M), 1/M for the others), N the
     ``dataset_size``.  With a ``process_group`` the sums over j run over the global batch (the posteriors
     all-gathered, gradients flowing back to every rank's rows), so N processes of B rows give what one
-    process of N B rows gives.  Gradients flow into z, mu and logvar.
+    process of N B rows gives; every rank must pass the same number of rows.  Gradients flow into z, mu and logvar.
     """
     import math as _math
 
@@ -499,11 +499,11 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int
     batch, row0, world = _check_tc_inputs(z, mu, logvar, dataset_size, estimator, process_group)
     red = _check_reduction(reduction)
     mu_all, lv_all = mu, logvar
-    if world > 1:
-        from torch.distributed.nn.functional import all_gather
+    if world > 1:  # one collective for both: (B, 2J) rows gathered, then split
+        from .ops.tc import gather_rows
 
-        mu_all = torch.cat(all_gather(mu.contiguous(), group=process_group))
-        lv_all = torch.cat(all_gather(logvar.contiguous(), group=process_group))
+        both = gather_rows(torch.cat([mu, logvar.to(mu.dtype)], 1), process_group)
+        mu_all, lv_all = both[:, :mu.shape[1]], both[:, mu.shape[1]:].to(logvar.dtype)
     log_qz, log_prod = log_densities(z, mu_all, lv_all, row0=row0, dataset_size=dataset_size, estimator=estimator)
     half_log_2pi = 0.5 * _math.log(2.0 * _math.pi)
     zc = z.to(log_qz.dtype)

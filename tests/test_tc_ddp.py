@@ -39,6 +39,7 @@ def _rank(rank, world, store, out, estimator):
             z, mu, lv = (t[rank * ROWS:(rank + 1) * ROWS] for t in _batch())
             terms, grads = _terms(z, mu, lv, estimator, dist.group.WORLD)
         torch.save({"terms": terms, "grads": grads}, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears its connections down while the other is still in the last collective
     finally:
         dist.destroy_process_group()
 

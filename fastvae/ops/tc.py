@@ -188,3 +188,42 @@ def log_densities(z: Tensor, mu: Tensor, logvar: Tensor, *, row0: int, dataset_s
     z, mu, logvar = z.contiguous(), mu.contiguous(), logvar.contiguous()
     return _LogDensities.apply(z, mu, logvar, int(row0), int(dataset_size), estimator == "mss",
                                _backend.use_triton(z.device))
+
+
+def _collective(new: str, old: str):
+    """torch.distributed's single-tensor collective under its current name (``new``, torch >= 2.13) or
+    the one it had before (``old``)."""
+    import torch.distributed as dist
+
+    return getattr(dist, new, None) or getattr(dist, old)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of equal row blocks along dim 0, differentiable: the gradient of rank r's block is the
+    sum over the ranks of their gradients for rows of block r (a reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        import torch.distributed as dist
+
+        ctx.group = group
+        world = dist.get_world_size(group)
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        _collective("all_gather_single", "all_gather_into_tensor")(out, x, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        world = dist.get_world_size(ctx.group)
+        grad = grad.contiguous()
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        _collective("reduce_scatter_single", "reduce_scatter_tensor")(out, grad, group=ctx.group)
+        return out, None
+
+
+def gather_rows(x: Tensor, group) -> Tensor:
+    """The rows of ``x`` from every rank of ``group``, in rank order, with gradients flowing back to each
+    rank's own rows.  Every rank must pass the same shape (torch.distributed raises otherwise)."""
+    return _GatherRows.apply(x.contiguous(), group)

@@ -63,11 +63,15 @@ def init_dist(d: Dist, device: torch.device) -> None:
     d.initialized_here = True
 
 
-def destroy_dist(d: Dist) -> None:
-    """Leave the process group if :func:`init_dist` made it."""
+def destroy_dist(d: Dist, wait_for_all: bool = False) -> None:
+    """Leave the process group if :func:`init_dist` made it; with ``wait_for_all`` (a run that ended
+    normally) only after every rank has got there, so that no rank closes its connections while another
+    is still in a collective.  A rank that failed leaves at once (the others may never arrive)."""
     if d.initialized_here:
         import torch.distributed as dist
 
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -87,14 +87,17 @@ def train(
             has been written then.
     """
     d = dist_from_env()
+    finished = False
     try:
         # SIGINT/SIGTERM from here on stop the run after its next step, with a checkpoint.
         with ProcessState() as process, StopFlag() as stop:
-            return _train(dataclasses.replace(config), d, process, stop, out=out, resume=resume,
-                          overwrite=overwrite, explicit=set(explicit or ()), progress=progress,
-                          log=log if d.main else _silent, dataset=dataset)
+            result = _train(dataclasses.replace(config), d, process, stop, out=out, resume=resume,
+                            overwrite=overwrite, explicit=set(explicit or ()), progress=progress,
+                            log=log if d.main else _silent, dataset=dataset)
+        finished = True
+        return result
     finally:
-        destroy_dist(d)
+        destroy_dist(d, wait_for_all=finished)
 
 
 def _room(plan, parts) -> tuple:
