@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ._argparse import comma_separated
 from .schedules.kinds import kind_help
 from .train import config as tc
 
@@ -70,14 +71,7 @@ def _float(text: str) -> float:
 
 
 def _widths(text: str) -> tuple:
-    try:
-        widths = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths such as 512,256, got {text!r}") \
-            from None
-    if not widths or any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError(f"expected positive comma-separated layer widths, got {text!r}")
-    return widths
+    return tuple(comma_separated(text, int, "positive layer widths", lambda w: w >= 1, example="512,256"))
 
 
 def _fraction(text: str) -> float:
@@ -323,13 +317,7 @@ def _default_betas() -> tuple:
 
 
 def _betas(text: str) -> list:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    return values
+    return comma_separated(text, float, "numbers")  # the sweep checks them (finite, >= 0)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .._argparse import comma_separated
 from ..environment import resolve_device
 from . import cases as C
 from .objectives import OBJECTIVE_OPS, ObjectiveConfig, run_objectives
@@ -159,13 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
+    return comma_separated(text, int, "positive integers", lambda v: v >= 1)
 
 
 def _join(values) -> str:
