@@ -502,8 +502,9 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int
     if world > 1:  # one collective for both: (B, 2J) rows gathered, then split
         from .ops.tc import gather_rows
 
-        both = gather_rows(torch.cat([mu, logvar.to(mu.dtype)], 1), process_group)
-        mu_all, lv_all = both[:, :mu.shape[1]], both[:, mu.shape[1]:].to(logvar.dtype)
+        wide = torch.promote_types(mu.dtype, logvar.dtype)  # both halves exact whatever their dtypes
+        both = gather_rows(torch.cat([mu.to(wide), logvar.to(wide)], 1), process_group)
+        mu_all, lv_all = both[:, :mu.shape[1]].to(mu.dtype), both[:, mu.shape[1]:].to(logvar.dtype)
     log_qz, log_prod = log_densities(z, mu_all, lv_all, row0=row0, dataset_size=dataset_size, estimator=estimator)
     half_log_2pi = 0.5 * _math.log(2.0 * _math.pi)
     zc = z.to(log_qz.dtype)
