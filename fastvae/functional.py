@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from .ops.free_bits import MODES as FREE_BITS_MODES
 from .ops.latent import draw_seed, latent
 from .ops.likelihoods import KINDS, SCALED_LIKELIHOODS
 from .ops.objective import loss as _loss
@@ -171,10 +172,11 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
 
 
 def _check_free_bits(free_bits, free_bits_mode) -> Optional[float]:
-    from .ops.free_bits import MODES
-
-    if free_bits_mode not in MODES:
-        raise ValueError(f"free_bits_mode must be one of {', '.join(map(repr, MODES))}, got {free_bits_mode!r}")
+    if free_bits is None and free_bits_mode == "dim":  # the default, first: every loss call passes here
+        return None
+    if free_bits_mode not in FREE_BITS_MODES:
+        raise ValueError(f"free_bits_mode must be one of {', '.join(map(repr, FREE_BITS_MODES))}, "
+                         f"got {free_bits_mode!r}")
     if free_bits is None:
         return None
     if isinstance(free_bits, bool) or not isinstance(free_bits, numbers.Real):

@@ -77,6 +77,13 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def use_triton_on(t: torch.Tensor) -> bool:
+    """:func:`use_triton` for ``t``'s device, without building a device object for a CPU tensor."""
+    if t.is_cpu and (_STATE.setting or get_backend()) != "triton":
+        return False
+    return use_triton(t.device)
+
+
 def use_triton(device: torch.device) -> bool:
     """True when the op on tensors of ``device`` runs the Triton kernels, False for the torch path."""
     setting = _STATE.setting or get_backend()

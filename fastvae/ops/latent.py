@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _cpu_fused, eager
+from . import _backend, _cpu_fused, eager, small
 from . import reduction as R
 from ._philox import exp_m1_m, philox_normal
 
@@ -132,7 +132,7 @@ def _noise(mu, eps, seed, dtype, row_offset):
     shape = mu.shape
     B = shape[0]
     D = math.prod(shape[1:])
-    if mu.device.type == "cpu":
+    if mu.is_cpu:
         return _as(_cpu_normal(seed, shape, B, D, row_offset), dtype)
     # the PyTorch path on an accelerator: the kernels' own Philox, written in torch ops
     return _as(philox_normal(seed, B, D, row_offset), dtype).reshape(shape)
@@ -380,14 +380,18 @@ def latent(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Ten
         return z if write_z else kl
     if torch._C._are_functorch_transforms_active():
         raise _unsupported("torch.func transforms (vmap, grad, jvp)")
+    forward_ad = _backend.forward_ad_active()
     if not (torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad
-                                         or (eps is not None and eps.requires_grad))) \
-            and not _backend.forward_ad_active():
+                                         or (eps is not None and eps.requires_grad))) and not forward_ad:
         z, kl = _forward_impl(mu, logvar, eps, seed, write_z, compute_kl, row_offset, reduction)
         if write_z and compute_kl:
             return z, kl
         return z if write_z else kl
-    cfg = (write_z, compute_kl, row_offset, reduction, _backend.use_triton(mu.device))
+    triton = _backend.use_triton_on(mu)
+    if not (triton or forward_ad) and small.takes_latent(mu, logvar, eps):
+        noise = _noise(mu, eps, seed, torch.float32, row_offset) if write_z else None
+        return small.latent(mu, logvar, noise, write_z, compute_kl, reduction)
+    cfg = (write_z, compute_kl, row_offset, reduction, triton)
     if _backend.autocast_on():
         with _backend.autocast_off():
             return _apply_latent(mu, logvar, eps, seed, cfg)

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, eager
+from . import _backend, eager, small
 from . import likelihoods as L
 from . import reduction as R
 
@@ -306,11 +306,14 @@ def loss(x: Tensor, target: Tensor, log_scale: Optional[Tensor], ls_value: float
                                 0.0 if cap_t is not None or capacity is None else float(capacity),
                                 capacity is not None, kind, reduction, grad_x, grad_ls)
         return out[0] if rate is None else (out[0], out[1], out[2])
+    forward_ad = _backend.forward_ad_active()
     differentiable = grad_on and (x.requires_grad or target.requires_grad or grad_ls or _requires_grad(rate)
-                                  or _requires_grad(beta_t) or _requires_grad(cap_t)) or _backend.forward_ad_active()
+                                  or _requires_grad(beta_t) or _requires_grad(cap_t)) or forward_ad
     if torch._C._are_functorch_transforms_active():
         raise unsupported_transform(KIND_NAMES[kind] + " loss", "torch.func transforms (vmap, grad, jvp)")
-    triton = _backend.use_triton(x.device)
+    triton = _backend.use_triton_on(x)
+    if differentiable and not (triton or forward_ad) and small.takes_loss(x, target, log_scale, kind, rate):
+        return small.loss(x, target, ls_value, kind, reduction, rate, beta, capacity)
     if _backend.autocast_on():
         with _backend.autocast_off():
             return _apply(differentiable, x, target, log_scale, rate, beta_t, cap_t, beta, capacity,

@@ -1,0 +1,113 @@
+"""Small float32 CPU inputs: the ops as a few differentiable torch ops, backward by autograd's own nodes.
+
+Below ``_cpu_fused.MIN_ELEMENTS`` elements an op on CPU tensors costs host time, not memory
+bandwidth: one to five microseconds per dispatched torch op.  The autograd Function of the other
+paths adds its Python ``apply`` and runs its backward as Python code; here the same forward ops are
+recorded by autograd instead, whose C++ nodes run backward.  That is what lets the training pattern
+at batch 16 cost less than the eager lines it replaces (bench/NOTES.md, "Small CPU inputs").
+
+The forward computes what the PyTorch path computes, with the same noise (``latent._noise``): the
+same ops in the same order, so z and the rate are bit-identical and the losses equal to rounding.
+The gradients are autograd's of those ops.  Higher-order gradients come with it; forward-mode AD
+and ``torch.func`` transforms are refused by the callers before they get here, so an op behaves the
+same at every size.  Only float32 tensors of one dtype, no autocast, and the likelihoods whose
+scale is a Python float take this path; everything else keeps the Function.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _backend, _cpu_fused
+from . import reduction as R
+
+#: The likelihoods this path computes (by kind number): bernoulli, gaussian, mse, laplace.
+KINDS = (0, 1, 2, 3)
+
+
+_F32 = torch.float32
+
+
+def _small_cpu(t: Tensor) -> bool:
+    # attribute tests only (t.device builds a device object: half a microsecond)
+    return t.is_cpu and t.dtype is _F32 and 0 < t.numel() < _cpu_fused.MIN_ELEMENTS
+
+
+def takes_latent(mu: Tensor, logvar: Tensor, eps: Optional[Tensor]) -> bool:
+    """Whether :func:`latent` is the path for these inputs (the caller has ruled out tracing,
+    torch.func transforms, forward AD and the Triton backend)."""
+    return (_small_cpu(mu) and logvar.dtype is _F32 and (eps is None or eps.dtype is _F32)
+            and not _backend.autocast_on())
+
+
+def takes_loss(x: Tensor, target: Tensor, log_scale: Optional[Tensor], kind: int, rate: Optional[Tensor]) -> bool:
+    """Whether :func:`loss` is the path (same caller conditions as :func:`takes_latent`)."""
+    return (log_scale is None and kind in KINDS and _small_cpu(x) and target.dtype is _F32
+            and (rate is None or rate.dtype is _F32) and target.shape == x.shape and not _backend.autocast_on())
+
+
+def latent(mu: Tensor, logvar: Tensor, noise: Optional[Tensor], write_z: bool, compute_kl: bool, reduction: int):
+    """z = mu + exp(logvar / 2) noise and/or the KL rows 0.5 sum(expm1(logvar) - logvar + mu^2),
+    reduced; the ops of ``latent._forward_math`` (float32), out of place where autograd needs the
+    result (expm1's backward reads its output)."""
+    z = kl = None
+    if write_z:
+        z = torch.addcmul(mu, torch.exp(logvar * 0.5), noise)
+    if compute_kl:
+        terms = torch.expm1(logvar).sub(logvar).addcmul_(mu, mu)
+        kl = (terms if terms.dim() == 2 else terms.reshape(mu.shape[0], -1)).sum(1).mul(0.5)
+        if reduction != R.NONE:
+            kl = kl.sum() if reduction == R.SUM else kl.mean()
+    if write_z and compute_kl:
+        return z, kl
+    return z if write_z else kl
+
+
+_TORCH_LOSS = {0: F.binary_cross_entropy_with_logits, 1: F.mse_loss, 2: F.mse_loss, 3: F.l1_loss}
+
+
+def _distortion(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction: int) -> Tensor:
+    """The NLL reduced over the batch (per-sample sums for 'none') through torch's own loss op of the
+    kind, one node forward and one backward: softplus(x) - x t (torch's formula for the logits form,
+    the PyTorch path's to rounding), (x - t)^2, and for a float log_scale s the Gaussian
+    0.5 (x - t)^2 e^(-2s) + s + log(2 pi) / 2 and the Laplace |x - t| e^(-s) + s + log 2."""
+    B = x.shape[0]
+    torch_loss = _TORCH_LOSS[kind]
+    if reduction == R.NONE:
+        out = torch_loss(x, target, reduction="none")
+        out = out.sum(-1) if out.dim() == 2 else out.reshape(B, -1).sum(1)
+    else:
+        out = torch_loss(x, target, reduction="sum")
+        if reduction == R.MEAN:
+            out = out / B
+    if kind == 1 or kind == 3:
+        D = x[0].numel()
+        per_sample = D * (ls_value + (_cpu_fused.HALF_LOG_2PI if kind == 1 else _cpu_fused.LOG_2))
+        scale = 0.5 * math.exp(-2.0 * ls_value) if kind == 1 else math.exp(-ls_value)
+        out = out.mul(scale).add(per_sample * B if reduction == R.SUM else per_sample)
+    return out
+
+
+def _reduce(rows: Tensor, reduction: int) -> Tensor:
+    return rows.sum() if reduction == R.SUM else rows.mean()
+
+
+def loss(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction: int, rate: Optional[Tensor], beta,
+         capacity):
+    """The reduced NLL (``rate`` None) or ``(loss, distortion, rate)``, with the capacity rule of
+    :mod:`fastvae.ops.reduction`."""
+    distortion = _distortion(x, target, ls_value, kind, reduction)
+    if rate is None:
+        return distortion
+    r = _reduce(rate, reduction) if reduction != R.NONE else rate.clone()  # an output, not the caller's tensor
+    if capacity is None:
+        penalty = r
+    else:
+        penalty = (r - (capacity * x.shape[0] if reduction == R.SUM else capacity)).abs()
+    if isinstance(beta, Tensor):
+        return distortion + beta * penalty, distortion, r
+    return torch.add(distortion, penalty, alpha=beta), distortion, r

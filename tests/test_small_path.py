@@ -1,0 +1,131 @@
+"""The small-input CPU path (``fastvae.ops.small``): float32 CPU tensors below the compiled loop's size
+run as torch ops recorded by autograd instead of through the autograd Functions.
+
+It must compute what the Function path computes: z and the rate bit for bit (same ops, same noise),
+the losses and every gradient to float32 rounding, for every likelihood it takes, reduction, beta
+and capacity form; both are checked against the float64 reference.  The Function path is reached
+here by turning the small path off (``_no_small_path``).
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastvae
+from fastvae.ops import _cpu_fused, small
+
+import reference as ref
+
+pytestmark = pytest.mark.usefixtures("torch_backend")
+
+LIKELIHOODS = ("bernoulli", "gaussian", "mse", "laplace")
+
+
+def _inputs(seed, B, J, D, likelihood):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(B, J, generator=g)
+    logvar = torch.randn(B, J, generator=g) * 0.7
+    recon = torch.randn(B, D, generator=g) * 2
+    target = torch.rand(B, D, generator=g) if likelihood == "bernoulli" else torch.randn(B, D, generator=g)
+    grad_z = torch.randn(B, J, generator=g)
+    return mu, logvar, recon, target, grad_z
+
+
+def _step(mu, logvar, recon, target, grad_z, grad_out, *, likelihood, reduction, beta, capacity, log_scale, seed):
+    leaves = [t.clone().requires_grad_() for t in (mu, logvar, recon)]
+    torch.manual_seed(seed)
+    z, rate = fastvae.reparameterize_kl(leaves[0], leaves[1], reduction="none")
+    kw = {"log_scale": log_scale} if likelihood in ("gaussian", "laplace") else {}
+    out = fastvae.beta_vae_loss(leaves[2], target, rate=rate, beta=beta, capacity=capacity, likelihood=likelihood,
+                                reduction=reduction, **kw)
+    g = grad_out.expand(out.loss.shape) if reduction == "none" else grad_out
+    torch.autograd.backward([out.loss, z], [g, grad_z])
+    return z.detach(), rate.detach(), [t.detach() for t in out], [t.grad for t in leaves], out.loss.grad_fn
+
+
+@given(seed=st.integers(0, 2**31 - 1), B=st.integers(1, 9), J=st.integers(1, 6), D=st.integers(1, 40),
+       likelihood=st.sampled_from(LIKELIHOODS), reduction=st.sampled_from(["mean", "sum", "none"]),
+       beta_kind=st.sampled_from(["float", "tensor"]), with_capacity=st.booleans(),
+       log_scale=st.sampled_from([0.0, -0.7, 0.4]))
+def test_small_path_equals_the_function_path_and_the_reference(seed, B, J, D, likelihood, reduction, beta_kind,
+                                                               with_capacity, log_scale):
+    mu, logvar, recon, target, grad_z = _inputs(seed, B, J, D, likelihood)
+    grad_out = torch.tensor(0.37 + (seed % 7) * 0.3)   # never 1: the scaling of every gradient is exercised
+    beta = 3.5 if beta_kind == "float" else torch.tensor(3.5)
+    capacity = (2.0 if beta_kind == "float" else torch.tensor(2.0)) if with_capacity else None
+    ls = log_scale if likelihood in ("gaussian", "laplace") else 0.0
+    kw = dict(likelihood=likelihood, reduction=reduction, beta=beta, capacity=capacity, log_scale=ls, seed=seed)
+    z, rate, outs, grads, node = _step(mu, logvar, recon, target, grad_z, grad_out, **kw)
+    assert "Backward" in type(node).__name__ and not type(node).__name__.startswith("_Loss")  # the small path ran
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(small, "takes_latent", lambda *a: False)
+        m.setattr(small, "takes_loss", lambda *a: False)
+        z2, rate2, outs2, grads2, node2 = _step(mu, logvar, recon, target, grad_z, grad_out, **kw)
+    assert type(node2).__name__.startswith("_Loss")
+    assert torch.equal(z, z2) and torch.equal(rate, rate2)
+    for a, b in zip(outs + grads, outs2 + grads2):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * max(1.0, b.abs().max().item()))
+
+    # and the float64 reference, with the noise the op drew (z - mu) / std
+    m64, lv64, x64, t64 = (ref.f64(t).requires_grad_() for t in (mu, logvar, recon, target))
+    eps = ((z.double() - mu.double()) / torch.exp(0.5 * logvar.double())).detach()
+    z64 = m64 + torch.exp(0.5 * lv64) * eps
+    rate64 = ref.gaussian_kl(m64, lv64, reduction="none")
+    rows = ref.nll_rows(likelihood, x64, t64, ls)
+    dist, r = ref.reduce(rows, reduction), ref.reduce(rate64, reduction)
+    gap = r if capacity is None else (r - float(capacity) * (B if reduction == "sum" else 1)).abs()
+    loss64 = dist + float(beta) * gap
+    g = grad_out.double().expand(loss64.shape) if reduction == "none" else grad_out.double()
+    torch.autograd.backward([loss64, z64], [g, grad_z.double()])
+    for a, b in zip(outs + grads, [loss64, dist, r, m64.grad, lv64.grad, x64.grad]):
+        torch.testing.assert_close(a.double(), b.detach(), rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+def test_only_small_float32_cpu_inputs_take_it():
+    x = torch.randn(4, 8)
+    assert small.takes_loss(x, torch.rand(4, 8), None, 0, None)
+    assert not small.takes_loss(x.double(), torch.rand(4, 8).double(), None, 0, None)       # float64: the Function
+    assert not small.takes_loss(x, torch.rand(4, 8), torch.zeros(()), 1, None)             # a tensor log_scale
+    assert not small.takes_loss(x, torch.rand(4, 8), None, 4, None)                        # continuous Bernoulli
+    assert not small.takes_loss(x, torch.rand(8), None, 0, None)                           # a broadcast target
+    n = _cpu_fused.MIN_ELEMENTS
+    big = torch.randn(n // 64, 64)
+    assert not small.takes_loss(big, big, None, 0, None)                                   # the compiled loop's size
+    assert not small.takes_latent(torch.randn(0, 3), torch.randn(0, 3), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not small.takes_latent(x, x, None)
+
+
+def test_double_backward_through_the_small_path_is_torchs():
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, dtype=torch.float32, requires_grad=True)
+    t = torch.rand(5, 7)
+    (g,) = torch.autograd.grad(fastvae.bernoulli_nll(x, t), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), x)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="sum") / 5
+    (e,) = torch.autograd.grad(expected, x, create_graph=True)
+    (ee,) = torch.autograd.grad((e * e).sum(), x)
+    torch.testing.assert_close(gg, ee)
+    assert gg.abs().sum() > 0
+
+
+def test_forward_ad_and_vmap_still_refused_on_small_inputs():
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = torch.randn(3, 4), torch.rand(3, 4)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+        fastvae.bernoulli_nll(fwAD.make_dual(x, torch.randn(3, 4)), t)
+    with pytest.raises(RuntimeError, match="torch.func"):
+        torch.func.vmap(lambda a: fastvae.bernoulli_nll(a[None], t[:1]))(x)
+    mu, lv = torch.randn(3, 2), torch.randn(3, 2)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+        fastvae.reparameterize_kl(fwAD.make_dual(mu, torch.randn(3, 2)), lv)
+
+
+def test_the_rate_returned_is_not_the_callers_tensor():
+    rate = torch.rand(4, requires_grad=True)
+    out = fastvae.beta_vae_loss(torch.randn(4, 6, requires_grad=True), torch.rand(4, 6), rate=rate, reduction="none")
+    assert out.rate.data_ptr() != rate.data_ptr()
+    assert math.isclose(out.rate.sum().item(), rate.sum().item(), rel_tol=1e-6)
