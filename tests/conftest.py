@@ -15,7 +15,8 @@ Backends (the ``backend`` fixture; each test selects one with fastvae.set_backen
   cuda    the Triton kernels on CUDA tensors (only when torch.cuda.is_available())
 
 Hypothesis profiles: 'default' (deadline=None, 50 examples, INTERPRETER_EXAMPLES times that in
-the interpreter) and 'ci-long' (200 examples); pick one with HYPOTHESIS_PROFILE.
+the interpreter, and TILES_EXAMPLES times that again on 'tiles') and 'ci-long' (200 examples);
+pick one with HYPOTHESIS_PROFILE.
 """
 import os
 
@@ -27,6 +28,10 @@ if os.environ.get("FASTVAE_TEST_INTERPRET", "0" if HAS_CUDA else "1") == "1":
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # share of the profile's max_examples that property tests run in the (slow) interpreter
 INTERPRETER_EXAMPLES = 1.0
+# 'tiles' is there to reach the kernels' split, loop and offset paths, which tiny tiles reach on
+# almost every example (the values themselves are 'triton''s to check): a third of the examples,
+# which is half the suite's time on a 2-core machine otherwise
+TILES_EXAMPLES = 0.3
 
 import dataclasses  # noqa: E402
 
@@ -67,6 +72,8 @@ class Backend:
         base = settings().max_examples * scale
         if self.slow:
             base *= INTERPRETER_EXAMPLES
+        if self.name == "tiles":
+            base *= TILES_EXAMPLES
         return max(2, int(base))
 
     def settings(self, scale: float = 1.0, **kw):

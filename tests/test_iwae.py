@@ -280,13 +280,14 @@ def test_k1_iwae_loss_is_the_sampled_elbo(backend):
     sampled_kl = -log_ratio[0].detach().cpu()          # log q(z|x) - log p(z) at the sample
     torch.testing.assert_close(out.loss.detach().cpu(), (nll + sampled_kl).mean())
     torch.testing.assert_close((out.distortion + out.rate).detach(), out.loss.detach())
-    # the sampled KL averages to the analytic one
-    mu0 = torch.zeros(1, 3, dtype=F64) + 0.4
-    lv0 = torch.zeros(1, 3, dtype=F64) - 0.3
-    _, lr_many = fv.reparameterize_log_weights(mu0.expand(2000, 3).contiguous(), lv0.expand(2000, 3).contiguous(), 1,
-                                               generator=_gen(1))
-    analytic = R.gaussian_kl(mu0, lv0, reduction="sum")
-    assert abs(-lr_many.mean().item() - analytic.item()) < 4 * (-lr_many).std().item() / math.sqrt(2000)
+    # the sampled KL averages to the analytic one (fewer samples in the interpreter: the bound scales)
+    n = 400 if backend.slow else 2000
+    mu0 = torch.zeros(1, 3, dtype=F64, device=dev) + 0.4
+    lv0 = torch.zeros(1, 3, dtype=F64, device=dev) - 0.3
+    _, lr_many = fv.reparameterize_log_weights(mu0.expand(n, 3).contiguous(), lv0.expand(n, 3).contiguous(), 1,
+                                               generator=_seeded(backend, 1))
+    analytic = R.gaussian_kl(mu0.cpu(), lv0.cpu(), reduction="sum")
+    assert abs(-lr_many.mean().item() - analytic.item()) < 4 * (-lr_many).std().item() / math.sqrt(n)
 
 
 def test_iwae_loss_equals_its_two_lines_and_trains():

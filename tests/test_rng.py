@@ -86,17 +86,17 @@ def test_noise_tails_and_range(torch_backend):
     assert eps.abs().max() > 4.5
 
 
-@pytest.mark.parametrize("lag", [1, 2, 3, 4, 5, 8, 64])
-def test_noise_uncorrelated_between_neighbouring_elements(lag, backend):
+def test_noise_uncorrelated_between_neighbouring_elements(backend):
     rows, cols = sizes(backend)
     mu, logvar = inputs((rows, cols), 4, device=backend.device)
     eps = recovered(seeded(11, lambda: fv.reparameterize(mu, logvar), backend.device), mu, logvar)
-    if lag >= cols:
-        pytest.skip("row too short for this lag")
-    a, b = eps[:, :-lag], eps[:, lag:]
-    assert abs(corr(a, b)) < 5 / math.sqrt(a.numel()), corr(a, b)
-    # also the squares (dependence that is not linear correlation)
-    assert abs(corr(a**2, b**2)) < 5 / math.sqrt(a.numel()), corr(a**2, b**2)
+    for lag in (1, 2, 3, 4, 5, 8, 64):
+        if lag >= cols:
+            continue
+        a, b = eps[:, :-lag], eps[:, lag:]
+        assert abs(corr(a, b)) < 5 / math.sqrt(a.numel()), (lag, corr(a, b))
+        # also the squares (dependence that is not linear correlation)
+        assert abs(corr(a**2, b**2)) < 5 / math.sqrt(a.numel()), (lag, corr(a**2, b**2))
 
 
 def test_noise_uncorrelated_between_rows_and_calls(backend):
