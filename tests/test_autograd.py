@@ -99,8 +99,10 @@ def test_gradcheck_scaled_likelihoods(backend, dev, op, log_scale, reduction):
 @pytest.mark.parametrize("capacity", [False, True])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck_beta_vae_loss(backend, dev, likelihood, capacity, reduction):
-    if capacity and backend.name == "tiles":
-        pytest.skip("the capacity rule is the finish kernel's, whatever the tiling: checked on 'triton'")
+    if backend.name == "tiles" and (capacity or likelihood not in ("bernoulli", "gaussian")):
+        # the tiling touches the split partial sums of each reduction; the capacity rule and the other
+        # likelihoods' formulas are the same kernels' on 'triton', whatever the tiling
+        pytest.skip("checked on 'triton': tiles run one logits and one scaled likelihood without a capacity")
     recon = randn(3, 6, seed=15, scale=2.0, device=dev)
     target = rand(3, 6, seed=16, device=dev) if likelihood == "bernoulli" else randn(3, 6, seed=16, device=dev)
     mu, lv = randn(3, 2, seed=17, device=dev), randn(3, 2, seed=18, device=dev)
