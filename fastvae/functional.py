@@ -15,8 +15,9 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from .ops import small
 from .ops.free_bits import MODES as FREE_BITS_MODES
-from .ops.latent import draw_seed, latent
+from .ops.latent import draw_seed, latent, small_sample_kl
 from .ops.likelihoods import KINDS, SCALED_LIKELIHOODS
 from .ops.objective import loss as _loss
 from .ops.reduction import NONE, REDUCTIONS
@@ -238,6 +239,11 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, 
     ``free_bits`` and ``free_bits_mode`` as in :func:`gaussian_kl`: the KL returned is then the free-bits
     objective.
     """
+    if (eps is None and free_bits is None and free_bits_mode == "dim" and type(row_offset) is int and row_offset >= 0
+            and reduction in REDUCTIONS and small.direct_latent(mu, logvar)):
+        if generator is not None:
+            _check_generator(generator, mu.device)
+        return small_sample_kl(mu, logvar, generator, row_offset, REDUCTIONS[reduction])
     _check_latent(mu, logvar)
     if eps is not None:
         _check_like("eps", eps, "mu", mu)
@@ -343,6 +349,8 @@ def continuous_bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str =
     return _nll("continuous_bernoulli", "logits", logits, target, 0.0, reduction)
 
 
+#: The likelihoods of beta_vae_loss's small-input shortcut, by name: kind number.
+_SMALL_KINDS = {name: kind for name, kind in KINDS.items() if kind in small.KINDS}
 _NLL_INPUT_NAMES = {"bernoulli": "logits", "gaussian": "mean", "mse": "recon", "laplace": "loc",
                     "continuous_bernoulli": "logits"}
 
@@ -381,6 +389,16 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
     per-dimension KL, so mu and logvar; ``'sample'`` works with either form.  It does not combine with a
     capacity (two ways of keeping the rate up: give one).
     """
+    if (rate is not None and mu is None and logvar is None and free_bits is None and free_bits_mode == "dim"
+            and type(log_scale) is float and likelihood in _SMALL_KINDS and small.direct_loss(recon, target, rate)
+            and (log_scale == 0.0 or likelihood in SCALED_LIKELIHOODS) and reduction in REDUCTIONS):
+        # small float32 CPU tensors (fastvae.ops.small): the checks that remain, then torch's ops
+        if type(beta) is not float:
+            beta = _check_scalar("beta", beta, recon.device)
+        if capacity is not None:
+            capacity = _check_scalar("capacity", capacity, recon.device)
+        return VAELoss(*small.loss(recon, target, log_scale, _SMALL_KINDS[likelihood], REDUCTIONS[reduction], rate,
+                                   beta, capacity))
     if likelihood not in KINDS:
         raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
     _check_tensor("recon", recon)

@@ -60,8 +60,8 @@ def test_small_path_equals_the_function_path_and_the_reference(seed, B, J, D, li
     z, rate, outs, grads, node = _step(mu, logvar, recon, target, grad_z, grad_out, **kw)
     assert "Backward" in type(node).__name__ and not type(node).__name__.startswith("_Loss")  # the small path ran
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(small, "takes_latent", lambda *a: False)
-        m.setattr(small, "takes_loss", lambda *a: False)
+        for name in ("takes_latent", "takes_loss", "direct_latent", "direct_loss"):
+            m.setattr(small, name, lambda *a: False)
         z2, rate2, outs2, grads2, node2 = _step(mu, logvar, recon, target, grad_z, grad_out, **kw)
     assert type(node2).__name__.startswith("_Loss")
     assert torch.equal(z, z2) and torch.equal(rate, rate2)
@@ -96,6 +96,71 @@ def test_only_small_float32_cpu_inputs_take_it():
     assert not small.takes_latent(torch.randn(0, 3), torch.randn(0, 3), None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not small.takes_latent(x, x, None)
+
+
+def test_the_public_shortcut_takes_only_what_the_small_path_takes():
+    mu, lv = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    x, t, rate = torch.randn(4, 8, requires_grad=True), torch.rand(4, 8), torch.rand(4)
+    assert small.direct_latent(mu, lv) and small.direct_loss(x, t, rate)
+    assert not small.direct_latent(mu.detach(), lv)                          # nothing to differentiate
+    with torch.no_grad():
+        assert not small.direct_latent(mu, lv) and not small.direct_loss(x, t, rate)
+    assert not small.direct_latent(mu, lv[:, :2])                            # shapes differ: the checks raise
+    assert not small.direct_latent(mu.double(), lv.double())
+    assert not small.direct_latent(torch.randn((), requires_grad=True), torch.randn(()))   # 0-dim
+    assert not small.direct_loss(x, t[:, :4], rate)
+    assert not small.direct_loss(x, t, rate[:3])
+    assert not small.direct_loss(x, t, rate[:, None])
+    assert not small.direct_loss(x, t.double(), rate)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not small.direct_latent(mu, lv) and not small.direct_loss(x, t, rate)
+    with fastvae.set_backend("triton"):
+        assert not small.direct_latent(mu, lv) and not small.direct_loss(x, t, rate)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(small, "_is_compiling", lambda: True)
+        assert not small.direct_latent(mu, lv) and not small.direct_loss(x, t, rate)
+
+
+def test_the_shortcut_checks_what_the_general_path_checks():
+    mu, lv = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    x, t, rate = torch.randn(4, 8, requires_grad=True), torch.rand(4, 8), torch.rand(4)
+    with pytest.raises(ValueError, match="reduction must be"):
+        fastvae.reparameterize_kl(mu, lv, reduction="avg")
+    with pytest.raises(ValueError, match="row_offset must be >= 0"):
+        fastvae.reparameterize_kl(mu, lv, row_offset=-1)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        fastvae.reparameterize_kl(mu, lv, generator=3)
+    with pytest.raises(ValueError, match="free_bits_mode must be"):
+        fastvae.reparameterize_kl(mu, lv, free_bits_mode="row")
+    with pytest.raises(ValueError, match="reduction must be"):
+        fastvae.beta_vae_loss(x, t, rate=rate, reduction="avg")
+    with pytest.raises(TypeError, match="beta must be a float"):
+        fastvae.beta_vae_loss(x, t, rate=rate, beta="4")
+    with pytest.raises(ValueError, match="capacity must be a float or a one-element tensor"):
+        fastvae.beta_vae_loss(x, t, rate=rate, capacity=torch.ones(2))
+    with pytest.raises(ValueError, match="log_scale applies to"):
+        fastvae.beta_vae_loss(x, t, rate=rate, log_scale=0.5)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        fastvae.beta_vae_loss(x, t, rate=rate, likelihood="poisson")
+
+
+def test_the_shortcut_draws_the_general_paths_noise_for_every_generator_and_offset():
+    mu, lv = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5)
+    for offset in (0, 3):
+        gen_a, gen_b = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        z, rate = fastvae.reparameterize_kl(mu, lv, generator=gen_a, row_offset=offset, reduction="sum")
+        with pytest.MonkeyPatch.context() as m:
+            for name in ("takes_latent", "direct_latent"):
+                m.setattr(small, name, lambda *a: False)
+            z2, rate2 = fastvae.reparameterize_kl(mu, lv, generator=gen_b, row_offset=offset, reduction="sum")
+        assert torch.equal(z, z2) and torch.equal(rate, rate2)
+        assert torch.equal(gen_a.get_state(), gen_b.get_state())   # one seed drawn by each
+    # int beta and a one-element capacity through the shortcut, as through the general path
+    x, t = torch.randn(6, 8, requires_grad=True), torch.rand(6, 8)
+    r = torch.rand(6, requires_grad=True)
+    a = fastvae.beta_vae_loss(x, t, rate=r, beta=4, capacity=torch.tensor([1.5]))
+    b = fastvae.beta_vae_loss(x, t, rate=r, beta=4.0, capacity=1.5)
+    assert torch.equal(a.loss, b.loss)
 
 
 def test_double_backward_through_the_small_path_is_torchs():

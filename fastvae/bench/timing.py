@@ -134,7 +134,10 @@ def time_calls(calls: Sequence[Callable], device, rep_ms: Optional[float] = None
 def time_interleaved(prepared: Sequence["Prepared"], device, rep_ms: Optional[float] = None,
                      warmup_ms: Optional[float] = None) -> list[dict]:
     """Median time of one call of each prepared case, the cases timed in turn call by call (one call of
-    each per round), so a drift of the machine (clock, load, cache) falls on all of them alike.
+    each per round), so a drift of the machine (clock, load, cache) falls on all of them alike.  Each
+    round starts one case further on, so every case follows every other equally often: on the CPU a
+    call is slower right after a torch.compile'd one (by ~10% at batch 16, bench/NOTES.md), and a
+    fixed order would charge that to one provider.
 
     Each call is timed whole: on CUDA a pair of CUDA events around it, so that host-bound gaps count
     (``median_s``), and ``perf_counter`` around it for the host time (``host_median_s``); on CPU the
@@ -150,7 +153,9 @@ def time_interleaved(prepared: Sequence["Prepared"], device, rep_ms: Optional[fl
     events = [[] for _ in range(k)]
 
     def one_round(i, timed):
-        for j, p in enumerate(prepared):
+        for n in range(k):
+            j = (i + n) % k
+            p = prepared[j]
             call = p.calls[i % len(p.calls)]
             if timed and cuda:
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -370,6 +370,21 @@ def draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Ten
     return torch.randint(2**62, (), dtype=torch.int64, device=device, generator=generator)
 
 
+def small_sample_kl(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator], row_offset: int,
+                    reduction: int):
+    """``latent(mu, logvar, None, seed, True, True, row_offset, reduction)`` for the inputs that
+    :func:`fastvae.ops.small.direct_latent` accepts, with the seed drawn here as :func:`draw_seed` does:
+    the same z and KL in fewer Python calls."""
+    seed = torch.randint(2**62, (), dtype=torch.int64, generator=generator)
+    n = mu.numel()
+    if row_offset == 0 and n % 16 == 0:   # _cpu_normal's first case, without its arguments
+        noise = torch.randn(mu.shape, generator=_cpu_generator(seed))
+    else:
+        B = mu.shape[0]
+        noise = _cpu_normal(seed, mu.shape, B, n // B, row_offset)
+    return small.latent(mu, logvar, noise, True, True, reduction)
+
+
 def latent(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], write_z: bool,
            compute_kl: bool, row_offset: int = 0, reduction: int = R.NONE):
     """z, the reduced KL, or both ``(z, kl)`` (arguments assumed checked)."""

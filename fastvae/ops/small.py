@@ -19,8 +19,8 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _backend, _cpu_fused
 from . import reduction as R
@@ -30,11 +30,46 @@ KINDS = (0, 1, 2, 3)
 
 
 _F32 = torch.float32
+_MIN = _cpu_fused.MIN_ELEMENTS
 
 
 def _small_cpu(t: Tensor) -> bool:
     # attribute tests only (t.device builds a device object: half a microsecond)
-    return t.is_cpu and t.dtype is _F32 and 0 < t.numel() < _cpu_fused.MIN_ELEMENTS
+    return t.is_cpu and t.dtype is _F32 and 0 < t.numel() < _MIN
+
+
+_is_compiling = torch.compiler.is_compiling
+_transforms_active = torch._C._are_functorch_transforms_active
+
+
+def _plain_eager_cpu() -> bool:
+    """Eager mode as the small path needs it: not tracing, no torch.func transform, no forward AD, no
+    autocast, and a backend other than 'triton' (which on CPU tensors means the interpreter, or an
+    error the full path raises)."""
+    return not (_is_compiling() or _transforms_active() or _forward_ad._current_level >= 0 or _backend.autocast_on()
+                or (_backend._STATE.setting or _backend.get_backend()) == "triton")
+
+
+def direct_latent(mu, logvar) -> bool:
+    """Whether ``reparameterize_kl(mu, logvar)`` (no eps, no free bits) goes straight to :func:`latent`
+    after its scalar checks: plain float32 CPU tensors of one shape, small, a gradient to record,
+    plain eager mode.  These few attribute tests replace the argument checks and the dispatch of
+    the general path, whose Python costs more than the ops at batch 16 (bench/NOTES.md)."""
+    return (type(mu) is Tensor and type(logvar) is Tensor and mu.is_cpu and mu.dtype is _F32
+            and 0 < mu.numel() < _MIN and logvar.dtype is _F32 and logvar.is_cpu and mu.dim() > 0
+            and mu.shape == logvar.shape and torch.is_grad_enabled()
+            and (mu.requires_grad or logvar.requires_grad) and _plain_eager_cpu())
+
+
+def direct_loss(recon, target, rate) -> bool:
+    """Whether ``beta_vae_loss(recon, target, rate=rate)`` goes straight to :func:`loss`, like
+    :func:`direct_latent`: plain float32 CPU tensors, target of recon's shape, rate of shape (B,)."""
+    return (type(recon) is Tensor and type(target) is Tensor and type(rate) is Tensor and recon.is_cpu
+            and recon.dtype is _F32 and 0 < recon.numel() < _MIN and target.dtype is _F32 and rate.dtype is _F32
+            and target.is_cpu and rate.is_cpu and recon.dim() > 0
+            and target.shape == recon.shape and rate.dim() == 1 and rate.shape[0] == recon.shape[0]
+            and torch.is_grad_enabled() and (recon.requires_grad or target.requires_grad or rate.requires_grad)
+            and _plain_eager_cpu())
 
 
 def takes_latent(mu: Tensor, logvar: Tensor, eps: Optional[Tensor]) -> bool:
@@ -67,7 +102,16 @@ def latent(mu: Tensor, logvar: Tensor, noise: Optional[Tensor], write_z: bool, c
     return z if write_z else kl
 
 
-_TORCH_LOSS = {0: F.binary_cross_entropy_with_logits, 1: F.mse_loss, 2: F.mse_loss, 3: F.l1_loss}
+def _bce_with_logits(x: Tensor, target: Tensor, reduction: int) -> Tensor:
+    return _bce_op(x, target, None, None, reduction)
+
+
+# torch's loss ops below their Python wrappers in torch.nn.functional (which parse the reduction name and
+# check shapes, done by the callers here): the same ATen op, the same node, a few calls less.
+_bce_op = torch.binary_cross_entropy_with_logits
+_TORCH_LOSS = {0: _bce_with_logits, 1: torch._C._nn.mse_loss, 2: torch._C._nn.mse_loss, 3: torch._C._nn.l1_loss}
+#: torch's reduction numbers (torch.nn._reduction.get_enum)
+_T_NONE, _T_SUM = 0, 2
 
 
 def _distortion(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction: int) -> Tensor:
@@ -78,10 +122,10 @@ def _distortion(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction
     B = x.shape[0]
     torch_loss = _TORCH_LOSS[kind]
     if reduction == R.NONE:
-        out = torch_loss(x, target, reduction="none")
+        out = torch_loss(x, target, _T_NONE)
         out = out.sum(-1) if out.dim() == 2 else out.reshape(B, -1).sum(1)
     else:
-        out = torch_loss(x, target, reduction="sum")
+        out = torch_loss(x, target, _T_SUM)
         if reduction == R.MEAN:
             out = out / B
     if kind == 1 or kind == 3:
@@ -92,10 +136,6 @@ def _distortion(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction
     return out
 
 
-def _reduce(rows: Tensor, reduction: int) -> Tensor:
-    return rows.sum() if reduction == R.SUM else rows.mean()
-
-
 def loss(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction: int, rate: Optional[Tensor], beta,
          capacity):
     """The reduced NLL (``rate`` None) or ``(loss, distortion, rate)``, with the capacity rule of
@@ -103,7 +143,10 @@ def loss(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction: int, 
     distortion = _distortion(x, target, ls_value, kind, reduction)
     if rate is None:
         return distortion
-    r = _reduce(rate, reduction) if reduction != R.NONE else rate.clone()  # an output, not the caller's tensor
+    if reduction == R.MEAN:
+        r = rate.mean()
+    else:
+        r = rate.sum() if reduction == R.SUM else rate.clone()  # an output, not the caller's tensor
     if capacity is None:
         penalty = r
     else:
