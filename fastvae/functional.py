@@ -349,6 +349,8 @@ def continuous_bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str =
     return _nll("continuous_bernoulli", "logits", logits, target, 0.0, reduction)
 
 
+#: ``VAELoss(*t)`` without the NamedTuple's Python ``__new__`` (t is a 3-tuple).
+_new_tuple = tuple.__new__
 #: The likelihoods of beta_vae_loss's small-input shortcut, by name: kind number.
 _SMALL_KINDS = {name: kind for name, kind in KINDS.items() if kind in small.KINDS}
 _NLL_INPUT_NAMES = {"bernoulli": "logits", "gaussian": "mean", "mse": "recon", "laplace": "loc",
@@ -397,8 +399,8 @@ def beta_vae_loss(recon: Tensor, target: Tensor, mu: Optional[Tensor] = None, lo
             beta = _check_scalar("beta", beta, recon.device)
         if capacity is not None:
             capacity = _check_scalar("capacity", capacity, recon.device)
-        return VAELoss(*small.loss(recon, target, log_scale, _SMALL_KINDS[likelihood], REDUCTIONS[reduction], rate,
-                                   beta, capacity))
+        return _new_tuple(VAELoss, small.loss(recon, target, log_scale, _SMALL_KINDS[likelihood],
+                                              REDUCTIONS[reduction], rate, beta, capacity))
     if likelihood not in KINDS:
         raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
     _check_tensor("recon", recon)

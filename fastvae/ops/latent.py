@@ -378,7 +378,9 @@ def small_sample_kl(mu: Tensor, logvar: Tensor, generator: Optional[torch.Genera
     seed = torch.randint(2**62, (), dtype=torch.int64, generator=generator)
     n = mu.numel()
     if row_offset == 0 and n % 16 == 0:   # _cpu_normal's first case, without its arguments
-        noise = torch.randn(mu.shape, generator=_cpu_generator(seed))
+        gen = getattr(_GENERATORS, "gen", None) or _cpu_generator(seed)
+        gen.manual_seed(int(seed))
+        noise = torch.randn(mu.shape, generator=gen)
     else:
         B = mu.shape[0]
         noise = _cpu_normal(seed, mu.shape, B, n // B, row_offset)

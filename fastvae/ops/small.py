@@ -38,7 +38,9 @@ def _small_cpu(t: Tensor) -> bool:
     return t.is_cpu and t.dtype is _F32 and 0 < t.numel() < _MIN
 
 
-_is_compiling = torch.compiler.is_compiling
+# torch.compile traces these checks (dynamo answers True here); export and AOT tracing hand in tensor
+# subclasses, which the type tests refuse.  One Python call, where is_compiling() makes two.
+_is_compiling = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
 _transforms_active = torch._C._are_functorch_transforms_active
 
 
