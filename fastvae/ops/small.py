@@ -15,6 +15,7 @@ scale is a Python float take this path; everything else keeps the Function.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -112,6 +113,12 @@ def _bce_with_logits(x: Tensor, target: Tensor, reduction: int) -> Tensor:
 # check shapes, done by the callers here): the same ATen op, the same node, a few calls less.
 _bce_op = torch.binary_cross_entropy_with_logits
 _TORCH_LOSS = {0: _bce_with_logits, 1: torch._C._nn.mse_loss, 2: torch._C._nn.mse_loss, 3: torch._C._nn.l1_loss}
+@functools.lru_cache(maxsize=64)
+def _inverse(batch: int) -> Tensor:
+    """1 / batch as a 0-dim float32 CPU tensor (cached; never written to)."""
+    return torch.tensor(1.0 / batch, dtype=_F32)
+
+
 #: torch's reduction numbers (torch.nn._reduction.get_enum)
 _T_NONE, _T_SUM = 0, 2
 
@@ -122,6 +129,8 @@ def _distortion(x: Tensor, target: Tensor, ls_value: float, kind: int, reduction
     the PyTorch path's to rounding), (x - t)^2, and for a float log_scale s the Gaussian
     0.5 (x - t)^2 e^(-2s) + s + log(2 pi) / 2 and the Laplace |x - t| e^(-s) + s + log 2."""
     B = x.shape[0]
+    if kind == 0 and reduction == R.MEAN:   # the batch mean as BCE's weight: one op and one node less than sum / B
+        return _bce_op(x, target, _inverse(B), None, _T_SUM)
     torch_loss = _TORCH_LOSS[kind]
     if reduction == R.NONE:
         out = torch_loss(x, target, _T_NONE)
