@@ -113,6 +113,8 @@ def _bce_with_logits(x: Tensor, target: Tensor, reduction: int) -> Tensor:
 # check shapes, done by the callers here): the same ATen op, the same node, a few calls less.
 _bce_op = torch.binary_cross_entropy_with_logits
 _TORCH_LOSS = {0: _bce_with_logits, 1: torch._C._nn.mse_loss, 2: torch._C._nn.mse_loss, 3: torch._C._nn.l1_loss}
+
+
 @functools.lru_cache(maxsize=64)
 def _inverse(batch: int) -> Tensor:
     """1 / batch as a 0-dim float32 CPU tensor (cached; never written to)."""
