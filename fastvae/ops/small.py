@@ -105,13 +105,15 @@ def latent(mu: Tensor, logvar: Tensor, noise: Optional[Tensor], write_z: bool, c
     return z if write_z else kl
 
 
+# torch's loss ops below their Python wrappers in torch.nn.functional (which parse the reduction name and
+# check shapes, done by the callers here): the same ATen op, the same node, a few calls less.
+_bce_op = torch.binary_cross_entropy_with_logits
+
+
 def _bce_with_logits(x: Tensor, target: Tensor, reduction: int) -> Tensor:
     return _bce_op(x, target, None, None, reduction)
 
 
-# torch's loss ops below their Python wrappers in torch.nn.functional (which parse the reduction name and
-# check shapes, done by the callers here): the same ATen op, the same node, a few calls less.
-_bce_op = torch.binary_cross_entropy_with_logits
 _TORCH_LOSS = {0: _bce_with_logits, 1: torch._C._nn.mse_loss, 2: torch._C._nn.mse_loss, 3: torch._C._nn.l1_loss}
 
 
