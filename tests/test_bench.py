@@ -102,6 +102,32 @@ def test_input_rotation():
     assert grad.shape == (4, 16)
 
 
+def test_interleaved_timing_gives_every_case_every_predecessor_alike():
+    # A call right after a torch.compile'd one is slower on the CPU: the rounds' orders must not keep one
+    # case behind another (a fixed order started one case further on each round puts case j after
+    # case j - 1 in two thirds of its calls for three cases).
+    from fastvae.bench.timing import round_orders, time_interleaved
+
+    seen = []
+
+    class Fake:
+        def __init__(self, j):
+            self.calls = [lambda j=j: seen.append(j)]
+
+    out = time_interleaved([Fake(j) for j in range(3)], "cpu", rep_ms=0.0, warmup_ms=0.0)
+    assert len(out) == 3 and all(o["median_s"] >= 0 for o in out)
+    assert sorted(seen[:3]) == [0, 1, 2]      # each round calls every case once
+    orders = round_orders(3)
+    calls = [j for _ in range(3000) for j in next(orders)]
+    pairs = {}
+    for a, b in zip(calls, calls[1:]):
+        pairs[a, b] = pairs.get((a, b), 0) + 1
+    assert all(pairs.get((j, j), 0) == 0 for j in range(3))    # never after itself
+    for b in range(3):
+        before = [pairs[a, b] for a in range(3) if a != b]
+        assert abs(before[0] - before[1]) < 0.1 * sum(before), (b, before)
+
+
 def test_batch_sweep():
     assert fb.batch_sweep(4096, 2**27) == [256, 1024, 4096, 16384, 32768]
     assert fb.batch_sweep(256, 2**27) == [256, 1024, 4096, 16384, 65536, 262144, 524288]

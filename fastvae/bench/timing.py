@@ -7,6 +7,7 @@ On CUDA, CUDA events around every call (median of many calls after a warm-up); o
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -131,13 +132,31 @@ def time_calls(calls: Sequence[Callable], device, rep_ms: Optional[float] = None
     return _summary(times)
 
 
+def round_orders(k: int, seed: int = 0):
+    """An endless stream of orders of ``range(k)``, one per round: each a seeded random permutation, turned
+    one place on when it would start with the case the previous round ended with (no case follows
+    itself, which would favour it with warm caches).  Over many rounds each case directly follows each
+    other in about ``1 / (k - 1)`` of its calls."""
+    rng = random.Random(seed)
+    order = list(range(k))
+    last = None
+    while True:
+        rng.shuffle(order)
+        if k > 1 and order[0] == last:
+            order = order[1:] + order[:1]
+        last = order[-1]
+        yield tuple(order)
+
+
 def time_interleaved(prepared: Sequence["Prepared"], device, rep_ms: Optional[float] = None,
                      warmup_ms: Optional[float] = None) -> list[dict]:
     """Median time of one call of each prepared case, the cases timed in turn call by call (one call of
     each per round), so a drift of the machine (clock, load, cache) falls on all of them alike.  Each
-    round starts one case further on, so every case follows every other equally often: on the CPU a
-    call is slower right after a torch.compile'd one (by ~10% at batch 16, bench/NOTES.md), and a
-    fixed order would charge that to one provider.
+    round takes the cases in a fresh random order (:func:`round_orders`), so that every case follows
+    every other about equally often: on the CPU a call is slower right after a torch.compile'd one (by
+    ~10% at batch 16, bench/NOTES.md), and a fixed order, or a fixed order started one case further on
+    each round (which keeps each case's predecessor in all but one place of a round), would charge
+    that to one provider.
 
     Each call is timed whole: on CUDA a pair of CUDA events around it, so that host-bound gaps count
     (``median_s``), and ``perf_counter`` around it for the host time (``host_median_s``); on CPU the
@@ -152,9 +171,10 @@ def time_interleaved(prepared: Sequence["Prepared"], device, rep_ms: Optional[fl
     host = [[] for _ in range(k)]
     events = [[] for _ in range(k)]
 
+    orders = round_orders(k)
+
     def one_round(i, timed):
-        for n in range(k):
-            j = (i + n) % k
+        for j in next(orders):
             p = prepared[j]
             call = p.calls[i % len(p.calls)]
             if timed and cuda:
