@@ -1,5 +1,6 @@
 """The small-input CPU path (``fastvae.ops.small``): float32 CPU tensors below the compiled loop's size
-run as torch ops recorded by autograd instead of through the autograd Functions.
+run as torch ops (z and the KL together one lean autograd node) instead of through the general autograd
+Functions.
 
 It must compute what the Function path computes: z and the rate bit for bit (same ops, same noise),
 the losses and every gradient to float32 rounding, for every likelihood it takes, reduction, beta
@@ -174,6 +175,56 @@ def test_double_backward_through_the_small_path_is_torchs():
     (ee,) = torch.autograd.grad((e * e).sum(), x)
     torch.testing.assert_close(gg, ee)
     assert gg.abs().sum() > 0
+
+
+@pytest.mark.parametrize("outputs", ["both", "z", "rate"])
+def test_the_latent_node_of_the_small_path_is_torchs_to_second_order(outputs):
+    # the one-node z + KL of the training pattern: its gradient (grad_out other than 1, a retained graph run
+    # twice) and a gradient penalty through it (create_graph) against the float64 formulas, same noise
+    torch.manual_seed(5)
+    mu, lv = torch.randn(6, 4, requires_grad=True), (0.7 * torch.randn(6, 4)).requires_grad_()
+    gz, gr = torch.randn(6, 4), torch.rand(6) + 0.3
+    z, rate = fastvae.reparameterize_kl(mu, lv, reduction="none")
+    assert type(rate.grad_fn).__name__ == "_SampleKLBackward"
+    eps = ((z.double() - mu.double()) / torch.exp(0.5 * lv.double())).detach()
+    m64, v64 = (ref.f64(t.detach()).requires_grad_() for t in (mu, lv))
+    z64, rate64 = m64 + torch.exp(0.5 * v64) * eps, ref.gaussian_kl(m64, v64, reduction="none")
+    pairs = {"both": ([z, rate], [z64, rate64], [gz, gr]), "z": ([z], [z64], [gz]), "rate": ([rate], [rate64], [gr])}
+    outs, outs64, grads = pairs[outputs]
+    first = torch.autograd.grad(outs, [mu, lv], grads, retain_graph=True, allow_unused=True)
+    again = torch.autograd.grad(outs, [mu, lv], grads, create_graph=True, allow_unused=True)
+    exp = torch.autograd.grad(outs64, [m64, v64], [g.double() for g in grads], create_graph=True, allow_unused=True)
+    for a, b, e in zip(first, again, exp):
+        if e is None:
+            assert a is None or not a.abs().sum()
+            continue
+        torch.testing.assert_close(a.double(), e.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b)
+    live = [(a, e) for a, e in zip(again, exp) if e is not None and a is not None]
+    pen = sum((a * a).sum() for a, _ in live)
+    pen64 = sum((e * e).sum() for _, e in live)
+    second = torch.autograd.grad(pen, [mu, lv], allow_unused=True)
+    second64 = torch.autograd.grad(pen64, [m64, v64], allow_unused=True)
+    for a, e in zip(second, second64):
+        if e is None:
+            assert a is None or not a.abs().sum()
+            continue
+        assert e.abs().sum() > 0
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-5)
+
+
+def test_a_given_eps_gets_its_gradient_through_the_small_path():
+    torch.manual_seed(6)
+    mu, lv = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    eps = torch.randn(5, 3, requires_grad=True)
+    gz, gr = torch.randn(5, 3), torch.rand(5)
+    z, rate = fastvae.reparameterize_kl(mu, lv, eps, reduction="none")
+    torch.autograd.backward([z, rate], [gz, gr])
+    m64, v64, e64 = (ref.f64(t.detach()).requires_grad_() for t in (mu, lv, eps))
+    torch.autograd.backward([m64 + torch.exp(0.5 * v64) * e64, ref.gaussian_kl(m64, v64, reduction="none")],
+                            [gz.double(), gr.double()])
+    for a, b in ((mu, m64), (lv, v64), (eps, e64)):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_forward_ad_and_vmap_still_refused_on_small_inputs():

@@ -1,17 +1,19 @@
-"""Small float32 CPU inputs: the ops as a few differentiable torch ops, backward by autograd's own nodes.
+"""Small float32 CPU inputs: the ops as a few torch ops, backward by lean autograd nodes.
 
 Below ``_cpu_fused.MIN_ELEMENTS`` elements an op on CPU tensors costs host time, not memory
-bandwidth: one to five microseconds per dispatched torch op.  The autograd Function of the other
-paths adds its Python ``apply`` and runs its backward as Python code; here the same forward ops are
-recorded by autograd instead, whose C++ nodes run backward.  That is what lets the training pattern
-at batch 16 cost less than the eager lines it replaces (bench/NOTES.md, "Small CPU inputs").
+bandwidth: one to five microseconds per dispatched torch op, ten or more per backward node.  The
+general autograd Function of the other paths adds its argument handling and Python ``apply``; here
+the likelihoods are torch's own loss ops (one C++ node each), and z with the KL rows is one small
+Function (:class:`_SampleKL`, five ops backward) where autograd would record eight nodes.  That is
+what lets the training pattern at batch 16 cost less than the eager lines it replaces
+(bench/NOTES.md, "Small CPU inputs" and the 2026-12-03 entries).
 
 The forward computes what the PyTorch path computes, with the same noise (``latent._noise``): the
 same ops in the same order, so z and the rate are bit-identical and the losses equal to rounding.
-The gradients are autograd's of those ops.  Higher-order gradients come with it; forward-mode AD
-and ``torch.func`` transforms are refused by the callers before they get here, so an op behaves the
-same at every size.  Only float32 tensors of one dtype, no autocast, and the likelihoods whose
-scale is a Python float take this path; everything else keeps the Function.
+Higher-order gradients are autograd's (``_SampleKL`` replays its forward under ``create_graph``);
+forward-mode AD and ``torch.func`` transforms are refused by the callers before they get here, so an
+op behaves the same at every size.  Only float32 tensors of one dtype, no autocast, and the
+likelihoods whose scale is a Python float take this path; everything else keeps the Function.
 """
 from __future__ import annotations
 
@@ -88,18 +90,96 @@ def takes_loss(x: Tensor, target: Tensor, log_scale: Optional[Tensor], kind: int
             and (rate is None or rate.dtype is _F32) and target.shape == x.shape and not _backend.autocast_on())
 
 
+def _kl_rows(mu: Tensor, logvar: Tensor, e: Tensor) -> Tensor:
+    # 0.5 sum(expm1(logvar) - logvar + mu^2) per sample, e = expm1(logvar); out of place on e, which
+    # autograd (expm1's backward reads its output) or _SampleKL keeps
+    terms = e.sub(logvar).addcmul_(mu, mu)
+    return (terms if terms.dim() == 2 else terms.reshape(mu.shape[0], -1)).sum(1).mul(0.5)
+
+
+def _replay(mu: Tensor, logvar: Tensor, noise: Tensor, grad_z: Optional[Tensor], grad_kl: Optional[Tensor], needs):
+    """The gradients of :class:`_SampleKL` under ``create_graph=True``: the same forward ops recorded by
+    autograd from the saved inputs and differentiated with a graph, so higher-order gradients are
+    autograd's own."""
+    inputs = (mu, logvar, noise)
+    wrt = [t for t, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        outs, gouts = [], []
+        if grad_z is not None:
+            outs.append(torch.addcmul(mu, torch.exp(logvar * 0.5), noise))
+            gouts.append(grad_z)
+        if grad_kl is not None:
+            outs.append(_kl_rows(mu, logvar, torch.expm1(logvar)))
+            gouts.append(grad_kl)
+        grads = iter(torch.autograd.grad(outs, wrt, gouts, create_graph=True, allow_unused=True) if outs and wrt
+                     else ())
+    return tuple(next(grads, None) if need else None for need in needs)
+
+
+class _SampleKL(torch.autograd.Function):
+    """z = mu + exp(logvar / 2) noise and the KL rows 0.5 sum(expm1(logvar) - logvar + mu^2) as one
+    autograd node (forward: the ops of ``latent._forward_math``, float32, bit for bit), with the
+    backward of ``latent._backward_math``::
+
+        grad_mu = g_z + g_r mu,   grad_logvar = (g_z noise exp(logvar / 2) + g_r expm1(logvar)) / 2,
+        grad_noise = g_z exp(logvar / 2)
+
+    One Python node with five ops runs faster here than the eight C++ nodes autograd records for
+    the same forward, each with its own dispatch and gradient buffer (bench/NOTES.md, 2026-12-03).
+    Saved: the inputs, exp(logvar / 2) and expm1(logvar), never written to (a retained graph can be
+    run again).  Under ``create_graph=True`` the backward replays the forward with autograd
+    (:func:`_replay`)."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, noise):
+        std = torch.exp(logvar * 0.5)
+        e = torch.expm1(logvar)
+        z = torch.addcmul(mu, std, noise)
+        kl = _kl_rows(mu, logvar, e)
+        ctx.save_for_backward(mu, logvar, noise, std, e)
+        ctx.set_materialize_grads(False)
+        return z, kl
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_kl):
+        mu, logvar, noise, std, e = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            return _replay(mu, logvar, noise, grad_z, grad_kl, needs)
+        g = None if grad_kl is None else grad_kl.view((-1,) + (1,) * (mu.dim() - 1))
+        grad_mu = grad_lv = grad_noise = None
+        if grad_z is not None:
+            if needs[0]:
+                grad_mu = grad_z if g is None else torch.addcmul(grad_z, g, mu)
+            if needs[1]:
+                grad_lv = torch.mul(std, noise).mul_(grad_z)
+                if g is not None:
+                    grad_lv.addcmul_(e, g)
+                grad_lv.mul_(0.5)
+            if needs[2]:
+                grad_noise = grad_z * std
+        elif g is not None:
+            if needs[0]:
+                grad_mu = g * mu
+            if needs[1]:
+                grad_lv = torch.mul(e, g).mul_(0.5)
+        return grad_mu, grad_lv, grad_noise
+
+
 def latent(mu: Tensor, logvar: Tensor, noise: Optional[Tensor], write_z: bool, compute_kl: bool, reduction: int):
     """z = mu + exp(logvar / 2) noise and/or the KL rows 0.5 sum(expm1(logvar) - logvar + mu^2),
-    reduced; the ops of ``latent._forward_math`` (float32), out of place where autograd needs the
-    result (expm1's backward reads its output)."""
-    z = kl = None
-    if write_z:
-        z = torch.addcmul(mu, torch.exp(logvar * 0.5), noise)
-    if compute_kl:
-        terms = torch.expm1(logvar).sub(logvar).addcmul_(mu, mu)
-        kl = (terms if terms.dim() == 2 else terms.reshape(mu.shape[0], -1)).sum(1).mul(0.5)
-        if reduction != R.NONE:
-            kl = kl.sum() if reduction == R.SUM else kl.mean()
+    reduced; the ops of ``latent._forward_math`` (float32): both through :class:`_SampleKL`, one of
+    them recorded by autograd."""
+    if write_z and compute_kl:
+        z, kl = _SampleKL.apply(mu, logvar, noise)
+    else:
+        z = kl = None
+        if write_z:
+            z = torch.addcmul(mu, torch.exp(logvar * 0.5), noise)
+        else:
+            kl = _kl_rows(mu, logvar, torch.expm1(logvar))
+    if compute_kl and reduction != R.NONE:
+        kl = kl.sum() if reduction == R.SUM else kl.mean()
     if write_z and compute_kl:
         return z, kl
     return z if write_z else kl
