@@ -245,3 +245,108 @@ def test_the_rate_returned_is_not_the_callers_tensor():
     out = fastvae.beta_vae_loss(torch.randn(4, 6, requires_grad=True), torch.rand(4, 6), rate=rate, reduction="none")
     assert out.rate.data_ptr() != rate.data_ptr()
     assert math.isclose(out.rate.sum().item(), rate.sum().item(), rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------- second-order gradients of every
+# op's autograd node: float32 runs the small path where it has one, float64 the general Function
+
+
+def _op_outputs(op, mu, lv, x, eps, t, dtype):
+    """The op's differentiable outputs as one scalar."""
+    if op == "reparameterize_kl":
+        z, rate = fastvae.reparameterize_kl(mu, lv, eps, reduction="none")
+        return (z * z).sum() + (rate * torch.arange(1.0, 5.0, dtype=dtype)).sum()
+    if op == "beta_vae_loss":
+        _, rate = fastvae.reparameterize_kl(mu, lv, eps, reduction="none")
+        out = fastvae.beta_vae_loss(x, t, rate=rate, beta=2.5, capacity=0.4)
+        return out.loss + 0.3 * out.distortion
+    if op == "free_bits":
+        return fastvae.gaussian_kl(mu, lv, free_bits=0.2)
+    if op == "iwae":
+        s = fastvae.reparameterize_log_weights(mu, lv, 2, generator=torch.Generator().manual_seed(1))
+        return (s.z * s.z).sum() + s.log_ratio.sum()
+    raise AssertionError(op)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op", ["reparameterize_kl", "beta_vae_loss", "free_bits", "iwae"])
+def test_create_graph_runs_the_inputs_hooks_once(op, dtype):
+    # The replayed backward under create_graph must stop at its own views of the inputs: a hook (or
+    # retain_grad) on an input runs once, and a hook that scales the gradient scales it once.
+    g = torch.Generator().manual_seed(3)
+    leaf = torch.randn(4, 14, generator=g, dtype=dtype, requires_grad=True)
+    eps, t = torch.randn(4, 3, generator=g, dtype=dtype), torch.rand(4, 8, generator=g, dtype=dtype)
+    grads = []
+    for create_graph in (False, True):
+        calls = []
+        inputs = [leaf[:, :3] * 1.0, leaf[:, 3:6] * 1.0, leaf[:, 6:] * 1.0]    # mu, logvar, logits: non-leaves
+        for a in inputs:
+            a.register_hook(lambda grad, calls=calls: (calls.append(1), grad * 2)[1])
+            a.retain_grad()
+        (gl,) = torch.autograd.grad(_op_outputs(op, *inputs, eps, t, dtype), leaf, create_graph=create_graph)
+        used = 3 if op == "beta_vae_loss" else 2
+        assert len(calls) == used, (create_graph, len(calls))
+        grads.append(gl)
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[1].requires_grad and grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_tensor_as_mu_and_logvar_gets_both_partials_under_create_graph(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = (0.5 * torch.randn(4, 3, generator=g, dtype=dtype)).requires_grad_()
+    eps = torch.randn(4, 3, generator=g, dtype=dtype)
+    z, kl = fastvae.reparameterize_kl(x, x, eps, reduction="sum")
+    first = torch.autograd.grad(z.sum() + kl, x, retain_graph=True)[0]
+    second = torch.autograd.grad(z.sum() + kl, x, create_graph=True)[0]
+    x64 = x.detach().double().requires_grad_()
+    ref_z = x64 + torch.exp(0.5 * x64) * eps.double()
+    (expected,) = torch.autograd.grad(ref_z.sum() + ref.gaussian_kl(x64, x64, reduction="sum"), x64)
+    for got in (first, second):
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_only_a_given_eps_needing_a_gradient(dtype):
+    g = torch.Generator().manual_seed(5)
+    mu, lv = torch.randn(4, 3, generator=g, dtype=dtype), torch.randn(4, 3, generator=g, dtype=dtype)
+    eps = torch.randn(4, 3, generator=g, dtype=dtype, requires_grad=True)
+    z, kl = fastvae.reparameterize_kl(mu, lv, eps, reduction="none")
+    assert z.requires_grad and not kl.requires_grad     # the KL does not depend on eps
+    (ge,) = torch.autograd.grad((z * z).sum() + kl.sum(), eps, create_graph=True)
+    std = torch.exp(0.5 * lv)
+    torch.testing.assert_close(ge, 2 * (mu + std * eps) * std)
+    (gge,) = torch.autograd.grad(ge.sum(), eps)
+    torch.testing.assert_close(gge, 2 * std * std)
+
+
+@pytest.mark.parametrize("outputs", ["z", "both"])
+def test_batched_backward_through_the_small_path(outputs):
+    # torch.autograd.functional.jacobian(vectorize=True) and is_grads_batched vmap the backward
+    g = torch.Generator().manual_seed(6)
+    mu, lv = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+
+    def fn(m, v):
+        torch.manual_seed(0)
+        z, rate = fastvae.reparameterize_kl(m, v, reduction="none")
+        return z if outputs == "z" else torch.cat([z.flatten(), rate])
+
+    batched = torch.autograd.functional.jacobian(fn, (mu, lv), vectorize=True)
+    looped = torch.autograd.functional.jacobian(fn, (mu, lv))
+    for a, b in zip(batched, looped):
+        torch.testing.assert_close(a, b)
+        assert b.abs().sum() > 0
+
+
+@pytest.mark.parametrize("op", ["reparameterize_kl", "bernoulli_nll", "free_bits", "iwae"])
+def test_batched_backward_through_the_general_functions_is_a_clear_error(op):
+    # float64 takes the general autograd Functions, whose backward redraws the noise or writes buffers in place
+    mu, lv, x = torch.randn(3, 2).double(), torch.randn(3, 2).double(), torch.randn(3, 4).double()
+    fns = {"reparameterize_kl": (lambda m: fastvae.reparameterize_kl(m, lv, reduction="none")[0], mu),
+           "bernoulli_nll": (lambda a: fastvae.bernoulli_nll(a, torch.rand(3, 4).double(), reduction="none"), x),
+           "free_bits": (lambda m: fastvae.gaussian_kl(m, lv, free_bits=0.1), mu),
+           "iwae": (lambda m: fastvae.reparameterize_log_weights(m, lv, 2).log_ratio, mu)}
+    fn, arg = fns[op]
+    with pytest.raises(RuntimeError, match="does not support batched gradients"):
+        torch.autograd.functional.jacobian(fn, arg, vectorize=True)
+    assert torch.autograd.functional.jacobian(fn, arg).abs().sum() > 0     # the looped form works

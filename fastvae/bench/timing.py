@@ -144,7 +144,7 @@ def round_orders(k: int, seed: int = 0):
         rng.shuffle(order)
         if k > 1 and order[0] == last:
             order = order[1:] + order[:1]
-        last = order[-1]
+        last = order[-1] if order else None
         yield tuple(order)
 
 

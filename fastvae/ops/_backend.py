@@ -151,6 +151,41 @@ def apply_function(cls):
     return super(torch.autograd.Function, cls).apply
 
 
+_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+
+
+def batched_grads(*grads) -> bool:
+    """Whether a backward is being run vmapped over its incoming gradients (``is_grads_batched=True``,
+    ``torch.autograd.functional.jacobian(vectorize=True)``), which autograd does with batched tensors."""
+    return any(g is not None and _is_legacy_batched(g) for g in grads)
+
+
+def replay_grads(inputs, needs, build) -> list:
+    """The input gradients of an autograd Function's backward under ``create_graph=True``, by replaying its
+    forward with autograd: ``build(*aliases)`` returns ``(output, grad_output)`` pairs computed from
+    ``aliases``, in which each input that needs a gradient is a fresh view of itself.
+
+    The inner ``torch.autograd.grad`` stops at those views, so the inputs' own hooks and ``retain_grad``
+    run once (in the outer backward, not also inside this one), and an input given in two places (say
+    ``reparameterize_kl(x, x)``) gets each place's partial, not the sum twice.  Pairs whose output has no
+    graph (it does not depend on the inputs that need gradients) or whose grad_output is None are left
+    out.  Returns one gradient per input, None where none is needed or the output does not use it; the
+    gradients carry a graph back to the inputs, so any order works."""
+    wrt = [i for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None]
+    result = [None] * len(inputs)
+    with torch.enable_grad():
+        aliases = list(inputs)
+        for i in wrt:
+            aliases[i] = inputs[i].view_as(inputs[i])
+        pairs = [(o, g) for o, g in build(*aliases) if g is not None and o.requires_grad]
+    if pairs and wrt:
+        grads = torch.autograd.grad([o for o, _ in pairs], [aliases[i] for i in wrt], [g for _, g in pairs],
+                                    create_graph=True, allow_unused=True)
+        for i, g in zip(wrt, grads):
+            result[i] = g
+    return result
+
+
 @contextlib.contextmanager
 def autocast_off():
     with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):

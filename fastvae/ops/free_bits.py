@@ -84,13 +84,17 @@ class _FreeBitsDim(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if _backend.batched_grads(g):
+            from .objective import BATCHED_GRADS, unsupported_transform
+            raise unsupported_transform("gaussian_kl (free bits)", BATCHED_GRADS)
         mu, logvar, means = ctx.saved_tensors
         floor, triton = ctx.cfg
         if torch.is_grad_enabled():  # create_graph: autograd through the eager formula, the same mask
-            with torch.enable_grad():
-                elems = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).reshape(mu.shape[0], -1)
-                rows = torch.where(means >= floor, elems, torch.full_like(elems, floor)).sum(1)
-            gm, gl = torch.autograd.grad(rows, (mu, logvar), g, create_graph=True)
+            def build(m, lv):
+                elems = (-0.5 * (1 + lv - m.pow(2) - lv.exp())).reshape(m.shape[0], -1)
+                return [(torch.where(means >= floor, elems, torch.full_like(elems, floor)).sum(1), g)]
+
+            gm, gl = _backend.replay_grads((mu, logvar), ctx.needs_input_grad[:2], build)
             return gm, gl, None, None
         mu2, lv2 = _backend.as_rows(mu), _backend.as_rows(logvar)
         dtype = _backend.compute_dtype(mu, logvar)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import _backend
 from ._philox import philox_normal
-from .latent import _as, _cpu_normal, _unsupported
+from .latent import _as, _batched_grads, _cpu_normal, _unsupported
 
 #: The GPU tiling of the log-weight kernels (the latent kernels': 2048 elements, 4 warps a program).
 TILE, WARPS = 2048, 4
@@ -144,31 +144,24 @@ def _z_shape(mu: Tensor, k: int) -> tuple[int, ...]:
 
 
 def _higher_order(ctx, grad_z, grad_lr):
-    """Backward under create_graph=True: autograd through the same formulas in torch ops, the noise fixed."""
+    """Backward under create_graph=True: autograd through the same formulas in torch ops, the noise fixed
+    (``_backend.replay_grads``)."""
     mu, logvar, seed = ctx.saved_tensors
     k = ctx.k
     dtype = _backend.compute_dtype(mu, logvar)
-    wrt = [t for t, need in zip((mu, logvar), ctx.needs_input_grad[:2]) if need]
-    with torch.enable_grad():
-        m, lv = _rows(mu).to(dtype), _rows(logvar).to(dtype)
+
+    def build(m, lv):
+        m, lv = _rows(m).to(dtype), _rows(lv).to(dtype)
         B, J = m.shape
         eps = _noise(seed, k, B, J, dtype, mu.device).detach()
         z = m + torch.exp(0.5 * lv) * eps
-        outs, gouts = [], []
         if grad_z is not None:
-            outs.append(z)
-            gouts.append(grad_z.reshape(k, B, J).to(dtype))
+            yield z, grad_z.reshape(k, B, J).to(dtype)
         if grad_lr is not None:
-            outs.append(0.5 * (eps * eps - z * z + lv).sum(-1))
-            gouts.append(grad_lr.to(dtype))
-    result = [None, None]
-    if outs and wrt:
-        grads = torch.autograd.grad(outs, wrt, gouts, create_graph=True, allow_unused=True)
-        it = iter(grads)
-        for i, need in enumerate(ctx.needs_input_grad[:2]):
-            if need:
-                g = next(it)
-                result[i] = None if g is None else g.reshape((mu, logvar)[i].shape).to((mu, logvar)[i].dtype)
+            yield 0.5 * (eps * eps - z * z + lv).sum(-1), grad_lr.to(dtype)
+
+    grads = _backend.replay_grads((mu, logvar), ctx.needs_input_grad[:2], build)
+    result = [None if g is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, (mu, logvar))]
     return tuple(result) + (None, None, None)
 
 
@@ -183,6 +176,8 @@ class _LogWeights(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_z, grad_lr):
+        if _backend.batched_grads(grad_z, grad_lr):
+            raise _unsupported(_batched_grads())
         if torch.is_grad_enabled():
             return _higher_order(ctx, grad_z, grad_lr)
         if grad_z is None and grad_lr is None:

@@ -223,28 +223,21 @@ def _backward_impl(mu, logvar, eps, seed, grad_z, grad_kl, row_offset, kl_div):
 
 
 def _higher_order(ctx, grad_z, grad_kl):
-    """Backward under create_graph=True: autograd through the eager formulas, with the same noise."""
+    """Backward under create_graph=True: autograd through the eager formulas, with the same noise
+    (``_backend.replay_grads``)."""
     mu, logvar, eps, seed = ctx.saved_tensors
     write_z, compute_kl, row_offset, reduction = ctx.cfg[:4]
     dtype = _backend.compute_dtype(mu, logvar)
-    inputs = (mu, logvar, eps)
-    wrt = [i for i, (t, need) in enumerate(zip(inputs, ctx.needs_input_grad[:3])) if need and t is not None]
-    outs, gouts = [], []
-    with torch.enable_grad():
-        m, lv = mu.to(dtype), logvar.to(dtype)
+
+    def build(m, lv, e):
+        m, lv = m.to(dtype), lv.to(dtype)
         if grad_z is not None:
-            noise = eps.to(dtype) if eps is not None else _noise(mu, None, seed, dtype, row_offset).detach()
-            outs.append(m + torch.exp(0.5 * lv) * noise)
-            gouts.append(grad_z.to(dtype))
+            noise = e.to(dtype) if e is not None else _noise(mu, None, seed, dtype, row_offset).detach()
+            yield m + torch.exp(0.5 * lv) * noise, grad_z.to(dtype)
         if grad_kl is not None:
-            outs.append(eager.reduce(eager.kl_rows(m, lv), ("none", "mean", "sum")[reduction]))
-            gouts.append(grad_kl)
-    result = [None] * 3
-    if outs and wrt:
-        grads = torch.autograd.grad(outs, [inputs[i] for i in wrt], gouts, create_graph=True, allow_unused=True)
-        for i, g in zip(wrt, grads):
-            result[i] = g
-    return tuple(result) + (None, None)
+            yield eager.reduce(eager.kl_rows(m, lv), ("none", "mean", "sum")[reduction]), grad_kl
+
+    return tuple(_backend.replay_grads((mu, logvar, eps), ctx.needs_input_grad[:3], build)) + (None, None)
 
 
 class _Latent(torch.autograd.Function):
@@ -258,12 +251,16 @@ class _Latent(torch.autograd.Function):
         ctx.save_for_backward(mu, logvar, eps, seed)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
+        if compute_kl and not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            ctx.mark_non_differentiable(kl)   # only a given eps needs a gradient: the KL does not use it
         if write_z and compute_kl:
             return z, kl
         return z if write_z else kl
 
     @staticmethod
     def backward(ctx, *grads):
+        if _backend.batched_grads(*grads):   # a vmap'd backward: the noise cannot be redrawn there
+            raise _unsupported(_batched_grads())
         write_z, compute_kl, row_offset, reduction, triton = ctx.cfg
         grad_z = grads[0] if write_z else None
         grad_kl = grads[-1] if compute_kl else None
@@ -285,6 +282,11 @@ class _Latent(torch.autograd.Function):
 
 
 _apply_latent = _backend.apply_function(_Latent)
+
+
+def _batched_grads() -> str:
+    from .objective import BATCHED_GRADS
+    return BATCHED_GRADS
 
 
 def _unsupported(what: str) -> RuntimeError:

@@ -26,6 +26,10 @@ from . import reduction as R
 KIND_NAMES = {v: k for k, v in L.KINDS.items()}
 
 
+#: what a vmap'd backward is called in the error of the Functions that refuse it
+BATCHED_GRADS = "batched gradients (is_grads_batched=True, jacobian(vectorize=True))"
+
+
 def unsupported_transform(op: str, what: str) -> RuntimeError:
     return RuntimeError(
         f"fastvae.{op} does not support {what}: its fused kernels compute first-order reverse-mode gradients "
@@ -103,30 +107,23 @@ def _input_grads(needs, x, target, log_scale, rate, beta, capacity, cfg, gx, gls
 
 
 def _higher_order(ctx, g_loss, g_dist, g_rate):
-    """Backward under create_graph=True: autograd through the eager formulas (any order)."""
+    """Backward under create_graph=True: autograd through the eager formulas, any order
+    (``_backend.replay_grads``)."""
     x, target, log_scale, rate, beta_t, cap_t = ctx.saved_tensors
     ls_value, kind, reduction = ctx.cfg[:3]
-    beta = beta_t if beta_t is not None else ctx.beta
-    capacity = cap_t if cap_t is not None else ctx.capacity
     dtype = _backend.compute_dtype(x, target, log_scale)
     red = ("none", "mean", "sum")[reduction]
-    inputs = (x, target, log_scale, rate, beta_t, cap_t)
-    wrt = [i for i, (t, need) in enumerate(zip(inputs, ctx.needs_input_grad[:6])) if need and t is not None]
-    with torch.enable_grad():
-        s = log_scale.to(dtype) if log_scale is not None else ls_value
-        rows = eager.nll_rows(KIND_NAMES[kind], x.to(dtype), expand_target(target, x).to(dtype), s)
-        if rate is None:
-            outs = (eager.reduce(rows, red),)
-        else:
-            outs = eager.combine(rows, rate.to(dtype), beta, capacity, red)
-    pairs = [(o, g) for o, g in zip(outs, (g_loss, g_dist, g_rate)) if g is not None]
-    result = [None] * 6
-    if pairs and wrt:
-        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wrt], [g for _, g in pairs],
-                                    create_graph=True, allow_unused=True)
-        for i, grad in zip(wrt, grads):
-            result[i] = grad
-    return tuple(result)
+
+    def build(xx, tt, ls, r, b, c):
+        s = ls.to(dtype) if ls is not None else ls_value
+        rows = eager.nll_rows(KIND_NAMES[kind], xx.to(dtype), expand_target(tt, xx).to(dtype), s)
+        if r is None:
+            return [(eager.reduce(rows, red), g_loss)]
+        outs = eager.combine(rows, r.to(dtype), b if b is not None else ctx.beta, c if c is not None else ctx.capacity,
+                             red)
+        return zip(outs, (g_loss, g_dist, g_rate))
+
+    return tuple(_backend.replay_grads((x, target, log_scale, rate, beta_t, cap_t), ctx.needs_input_grad[:6], build))
 
 
 class _Loss(torch.autograd.Function):
@@ -149,6 +146,8 @@ class _Loss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_loss, g_dist=None, g_rate=None):
+        if _backend.batched_grads(g_loss, g_dist, g_rate):
+            raise unsupported_transform(KIND_NAMES[ctx.cfg[1]] + " loss", BATCHED_GRADS)
         if torch.is_grad_enabled():
             return _higher_order(ctx, g_loss, g_dist, g_rate) + (None, None, None)
         x, target, log_scale, rate, beta_t, cap_t = ctx.saved_tensors

@@ -12,7 +12,9 @@ The forward computes what the PyTorch path computes, with the same noise (``late
 same ops in the same order, so z and the rate are bit-identical and the losses equal to rounding.
 Higher-order gradients are autograd's (``_SampleKL`` replays its forward under ``create_graph``);
 forward-mode AD and ``torch.func`` transforms are refused by the callers before they get here, so an
-op behaves the same at every size.  Only float32 tensors of one dtype, no autocast, and the
+op behaves the same at every size.  (Batched gradients, ``is_grads_batched=True``, work here through
+autograd's own batching; the general Functions refuse them with a clear error.)
+Only float32 tensors of one dtype, no autocast, and the
 likelihoods whose scale is a Python float take this path; everything else keeps the Function.
 """
 from __future__ import annotations
@@ -99,21 +101,15 @@ def _kl_rows(mu: Tensor, logvar: Tensor, e: Tensor) -> Tensor:
 
 def _replay(mu: Tensor, logvar: Tensor, noise: Tensor, grad_z: Optional[Tensor], grad_kl: Optional[Tensor], needs):
     """The gradients of :class:`_SampleKL` under ``create_graph=True``: the same forward ops recorded by
-    autograd from the saved inputs and differentiated with a graph, so higher-order gradients are
+    autograd and differentiated with a graph (``_backend.replay_grads``), so higher-order gradients are
     autograd's own."""
-    inputs = (mu, logvar, noise)
-    wrt = [t for t, need in zip(inputs, needs) if need]
-    with torch.enable_grad():
-        outs, gouts = [], []
+    def build(m, lv, n):
         if grad_z is not None:
-            outs.append(torch.addcmul(mu, torch.exp(logvar * 0.5), noise))
-            gouts.append(grad_z)
+            yield torch.addcmul(m, torch.exp(lv * 0.5), n), grad_z
         if grad_kl is not None:
-            outs.append(_kl_rows(mu, logvar, torch.expm1(logvar)))
-            gouts.append(grad_kl)
-        grads = iter(torch.autograd.grad(outs, wrt, gouts, create_graph=True, allow_unused=True) if outs and wrt
-                     else ())
-    return tuple(next(grads, None) if need else None for need in needs)
+            yield _kl_rows(m, lv, torch.expm1(lv)), grad_kl
+
+    return tuple(_backend.replay_grads((mu, logvar, noise), needs, build))
 
 
 class _SampleKL(torch.autograd.Function):
@@ -138,6 +134,8 @@ class _SampleKL(torch.autograd.Function):
         kl = _kl_rows(mu, logvar, e)
         ctx.save_for_backward(mu, logvar, noise, std, e)
         ctx.set_materialize_grads(False)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            ctx.mark_non_differentiable(kl)   # only a given eps needs a gradient: the KL does not use it
         return z, kl
 
     @staticmethod
@@ -151,8 +149,8 @@ class _SampleKL(torch.autograd.Function):
         if grad_z is not None:
             if needs[0]:
                 grad_mu = grad_z if g is None else torch.addcmul(grad_z, g, mu)
-            if needs[1]:
-                grad_lv = torch.mul(std, noise).mul_(grad_z)
+            if needs[1]:   # grad_z first, so the in-place ops write into a tensor batched like it (vmap'd backward)
+                grad_lv = torch.mul(grad_z, std).mul_(noise)
                 if g is not None:
                     grad_lv.addcmul_(e, g)
                 grad_lv.mul_(0.5)
