@@ -151,6 +151,9 @@ def apply_function(cls):
     return super(torch.autograd.Function, cls).apply
 
 
+#: what a vmap'd backward is called in the error of the Functions that refuse it
+BATCHED_GRADS = "batched gradients (is_grads_batched=True, jacobian(vectorize=True))"
+
 _is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
 
 

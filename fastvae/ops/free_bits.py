@@ -85,8 +85,8 @@ class _FreeBitsDim(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         if _backend.batched_grads(g):
-            from .objective import BATCHED_GRADS, unsupported_transform
-            raise unsupported_transform("gaussian_kl (free bits)", BATCHED_GRADS)
+            from .objective import unsupported_transform
+            raise unsupported_transform("gaussian_kl (free bits)", _backend.BATCHED_GRADS)
         mu, logvar, means = ctx.saved_tensors
         floor, triton = ctx.cfg
         if torch.is_grad_enabled():  # create_graph: autograd through the eager formula, the same mask

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import _backend
 from ._philox import philox_normal
-from .latent import _as, _batched_grads, _cpu_normal, _unsupported
+from .latent import _as, _cpu_normal, _unsupported
 
 #: The GPU tiling of the log-weight kernels (the latent kernels': 2048 elements, 4 warps a program).
 TILE, WARPS = 2048, 4
@@ -177,7 +177,7 @@ class _LogWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z, grad_lr):
         if _backend.batched_grads(grad_z, grad_lr):
-            raise _unsupported(_batched_grads())
+            raise _unsupported(_backend.BATCHED_GRADS)
         if torch.is_grad_enabled():
             return _higher_order(ctx, grad_z, grad_lr)
         if grad_z is None and grad_lr is None:

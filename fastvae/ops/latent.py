@@ -260,7 +260,7 @@ class _Latent(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         if _backend.batched_grads(*grads):   # a vmap'd backward: the noise cannot be redrawn there
-            raise _unsupported(_batched_grads())
+            raise _unsupported(_backend.BATCHED_GRADS)
         write_z, compute_kl, row_offset, reduction, triton = ctx.cfg
         grad_z = grads[0] if write_z else None
         grad_kl = grads[-1] if compute_kl else None
@@ -282,11 +282,6 @@ class _Latent(torch.autograd.Function):
 
 
 _apply_latent = _backend.apply_function(_Latent)
-
-
-def _batched_grads() -> str:
-    from .objective import BATCHED_GRADS
-    return BATCHED_GRADS
 
 
 def _unsupported(what: str) -> RuntimeError:

@@ -26,10 +26,6 @@ from . import reduction as R
 KIND_NAMES = {v: k for k, v in L.KINDS.items()}
 
 
-#: what a vmap'd backward is called in the error of the Functions that refuse it
-BATCHED_GRADS = "batched gradients (is_grads_batched=True, jacobian(vectorize=True))"
-
-
 def unsupported_transform(op: str, what: str) -> RuntimeError:
     return RuntimeError(
         f"fastvae.{op} does not support {what}: its fused kernels compute first-order reverse-mode gradients "
@@ -147,7 +143,7 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, g_dist=None, g_rate=None):
         if _backend.batched_grads(g_loss, g_dist, g_rate):
-            raise unsupported_transform(KIND_NAMES[ctx.cfg[1]] + " loss", BATCHED_GRADS)
+            raise unsupported_transform(KIND_NAMES[ctx.cfg[1]] + " loss", _backend.BATCHED_GRADS)
         if torch.is_grad_enabled():
             return _higher_order(ctx, g_loss, g_dist, g_rate) + (None, None, None)
         x, target, log_scale, rate, beta_t, cap_t = ctx.saved_tensors

@@ -13,9 +13,9 @@ same ops in the same order, so z and the rate are bit-identical and the losses e
 Higher-order gradients are autograd's (``_SampleKL`` replays its forward under ``create_graph``);
 forward-mode AD and ``torch.func`` transforms are refused by the callers before they get here, so an
 op behaves the same at every size.  (Batched gradients, ``is_grads_batched=True``, work here through
-autograd's own batching; the general Functions refuse them with a clear error.)
-Only float32 tensors of one dtype, no autocast, and the
-likelihoods whose scale is a Python float take this path; everything else keeps the Function.
+autograd's own batching; the general Functions refuse them with a clear error.)  Only float32 tensors
+of one dtype, no autocast, and the likelihoods whose scale is a Python float take this path;
+everything else keeps the Function.
 """
 from __future__ import annotations
 

@@ -168,8 +168,8 @@ class _LogDensities(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_joint, g_prod):
         if _backend.batched_grads(g_joint, g_prod):
-            from .objective import BATCHED_GRADS, unsupported_transform
-            raise unsupported_transform("total correlation", BATCHED_GRADS)
+            from .objective import unsupported_transform
+            raise unsupported_transform("tc_decomposition", _backend.BATCHED_GRADS)
         z, mu, logvar, lse, lsem = ctx.saved_tensors
         row0, n_data, mss, triton = ctx.cfg
         if torch.is_grad_enabled():
