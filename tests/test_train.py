@@ -120,7 +120,6 @@ def test_conv_on_shapes_default_model(tmp_path):
     assert m["config"]["likelihood"] == "bernoulli" and m["config"]["beta"] == 4.0
 
 
-
 def test_conv_trains_in_channels_last_on_cpu(tmp_path):
     """On the CPU the trainer lays the conv VAE's 4-D weights out channels-last (the faster oneDNN path);
     the checkpoint loads back into a model of the usual layout that computes the same function."""
@@ -136,9 +135,10 @@ def test_conv_trains_in_channels_last_on_cpu(tmp_path):
     x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(5)).round()
     result.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encode(x), result.model.encode(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(loaded.decode(loaded.encode(x)[0]), result.model.decode(loaded.encode(x)[0]),
-                                   rtol=1e-5, atol=1e-4)
+        codes = loaded.encode(x)
+        torch.testing.assert_close(codes, result.model.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded.decode(codes[0]), result.model.decode(codes[0]), rtol=1e-5, atol=1e-4)
+
 
 def test_loss_backends_train_alike(tmp_path):
     """--loss-backend torch is the same training with the eager loss: same data, same noise."""
