@@ -92,8 +92,10 @@ def _data_and_model_options(g, d) -> None:
                    help=f"fraction of a finite dataset held out for validation (default {tc.DEFAULT_VAL_FRACTION:g}; "
                         f"{tc.SHAPES_VAL_SAMPLES} images of shapes); 0: none")
     g.add_argument("--model", choices=tc.MODELS,
-                   help="conv (Burgess et al. 2018, 32x32 or 64x64 images) or mlp; default auto: conv when the images "
-                        "fit it, else mlp")
+                   help="glimpse (object-centred: position and size from the image's moments in z[0:3], shape from "
+                        "a centred window; one object on a dark background), conv (Burgess et al. 2018, 32x32 or "
+                        "64x64 images) or mlp; default auto: glimpse on shapes (with --latent-dim 4 or more), conv for "
+                        "other images that fit it, else mlp")
     g.add_argument("--latent-dim", type=_positive_int, metavar="N", help=f"size of z (default {d.latent_dim})")
     g.add_argument("--hidden", type=_widths, metavar="W1,W2,..",
                    help=f"mlp layer widths, e.g. 512,256 (default {','.join(map(str, d.hidden))})")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fastvae
-from fastvae.models import MLPVAE, VAE, ConvVAE, VAEOutput
+from fastvae.models import MLPVAE, VAE, ConvVAE, GlimpseVAE, VAEOutput
 from fastvae.nn import BetaVAELoss, GaussianLatent, LatentOutput
 
 import reference as R
@@ -188,6 +188,8 @@ MODELS = {
     "mlp-flat": (lambda **kw: MLPVAE(12, 10, 3, **kw), (12,), 3),
     "conv64": (lambda **kw: ConvVAE(1, 64, 5, **kw), (1, 64, 64), 5),
     "conv32": (lambda **kw: ConvVAE(3, 32, 4, **kw), (3, 32, 32), 4),
+    "glimpse64": (lambda **kw: GlimpseVAE(1, 64, 5, **kw), (1, 64, 64), 5),
+    "glimpse32": (lambda **kw: GlimpseVAE(3, 32, 4, **kw), (3, 32, 32), 4),
 }
 
 
@@ -229,7 +231,7 @@ def test_model_loss_backward_reaches_all_parameters(name, likelihood):
         assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, param_name
 
 
-@pytest.mark.parametrize("name", ["vae", "mlp", "conv32"])
+@pytest.mark.parametrize("name", ["vae", "mlp", "conv32", "glimpse32"])
 def test_model_loss_is_beta_vae_loss_of_forward(name):
     make, shape, _ = MODELS[name]
     torch.manual_seed(0)
@@ -321,7 +323,7 @@ def test_conv_vae_parameter_count_matches_architecture():
     assert ConvVAE(channels, 64, latent_dim, likelihood="gaussian", learn_scale=True).log_scale.shape == ()
 
 
-@pytest.mark.parametrize("name", ["mlp", "conv32"])
+@pytest.mark.parametrize("name", ["mlp", "conv32", "glimpse32"])
 def test_model_state_dict_round_trip(name):
     make, shape, _ = MODELS[name]
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """What defines a run: :class:`TrainConfig`, its defaults and choices, and its checks.
 
-Defaults.  The quick start is a beta-VAE (ConvVAE, latent 10, Bernoulli, beta 4) on ``shapes``,
+Defaults.  The quick start is a beta-VAE (GlimpseVAE, latent 10, Bernoulli, beta 4) on ``shapes``,
 batch 32, Adam at 1.5e-3 with a cosine decay to a fifteenth of it, for :data:`DEFAULT_STEPS` steps or
 :data:`DEFAULT_TIME_LIMIT` seconds of training, whichever comes first.  Both the learning rate (over
 100 steps) and beta (from 0 over 300 steps) are warmed up: at the full rate from step 0, Adam's first
@@ -29,7 +29,7 @@ __all__ = [
     "FREE_BITS_MODES", "TC_ESTIMATORS", "UNIT_INTERVAL_LIKELIHOODS", "final_lr",
 ]
 
-MODELS = ("auto", "conv", "mlp")
+MODELS = ("auto", "glimpse", "conv", "mlp")
 LOSS_BACKENDS = ("fastvae", "torch")
 #: ``--amp``: bf16 autocast (CUDA or CPU), fp16 autocast with a GradScaler (CUDA only).
 AMP_MODES = ("none", "bf16", "fp16")
@@ -99,7 +99,7 @@ class TrainConfig:
     data: str = "shapes"
     data_layout: str = "auto"              # 4-D arrays: auto-detect channels-last (N, H, W, C)
     val_fraction: Optional[float] = None   # held out; None: 5% of a finite dataset, SHAPES_VAL_SAMPLES of shapes
-    model: str = "auto"                    # auto: conv for 32x32/64x64 images, else mlp
+    model: str = "auto"                    # auto: glimpse on shapes, conv for 32x32/64x64 images, else mlp
     latent_dim: int = 10
     hidden: tuple = (512, 256)             # mlp widths
     likelihood: str = "bernoulli"

@@ -159,7 +159,8 @@ def plan_run(config: TrainConfig, d: Dist, *, user_dataset: Any, resumed: Option
     _check_batch(config, n_train, n_val, given)
     c = _budget(dataclasses.replace(config, data=data), is_stream=is_stream, n=n_train,
                 resumed=resumed is not None)
-    c = dataclasses.replace(c, model=model_kind(c.model, tuple(dataset.sample_shape)))
+    c = dataclasses.replace(c, model=model_kind(c.model, tuple(dataset.sample_shape), "shapes" if is_stream else None,
+                                                 c.latent_dim))
     total = c.steps if c.steps is not None else c.epochs * c.steps_per_epoch
     data_info["train"], data_info["val"] = n_train, n_val
     notes = (data_info["layout"],) if "layout" in data_info else ()
