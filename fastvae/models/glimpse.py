@@ -9,15 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import _HIDDEN, check_image, conv_networks
 from .vae import VAE
 
 __all__ = ["GlimpseVAE", "WHERE_DIMS", "WHERE_GAIN", "object_moments"]
 
 #: Latent dimensions 0, 1, 2 are the object's x position, y position and log size.
 WHERE_DIMS = 3
-_CONV = dict(kernel_size=4, stride=2, padding=1)
-_HIDDEN = 256
-_BOTTOM = (64, 4, 4)
 # Encoder conv widths per glimpse size (each conv halves the side down to 4); the decoder mirrors them.
 _ENCODER_CHANNELS = {32: (32, 64, 64), 16: (32, 64)}
 # The window's half-width is twice the half-side of a square of the object's area, so an ellipse of aspect
@@ -127,19 +125,9 @@ class GlimpseVAE(VAE):
         if latent_dim <= WHERE_DIMS:
             raise ValueError(f"latent_dim: expected at least {WHERE_DIMS + 1} ({WHERE_DIMS} where-dimensions and "
                              f"one or more what-dimensions), got {latent_dim}")
-        widths = (channels, *_ENCODER_CHANNELS[glimpse])
-        encoder = []
-        for c_in, c_out in zip(widths, widths[1:]):
-            encoder += [nn.Conv2d(c_in, c_out, **_CONV), nn.ReLU()]
-        encoder += [nn.Flatten(), nn.Linear(_BOTTOM[0] * _BOTTOM[1] * _BOTTOM[2], _HIDDEN), nn.ReLU()]
-        decoder_widths = (_BOTTOM[0], *reversed(widths[1:-1]), channels)
-        decoder = [nn.Linear(latent_dim - WHERE_DIMS, _HIDDEN), nn.ReLU(),
-                   nn.Linear(_HIDDEN, _BOTTOM[0] * _BOTTOM[1] * _BOTTOM[2]), nn.ReLU(), nn.Unflatten(1, _BOTTOM)]
-        for c_in, c_out in zip(decoder_widths, decoder_widths[1:]):
-            decoder += [nn.ConvTranspose2d(c_in, c_out, **_CONV), nn.ReLU()]
-        decoder.pop()  # no activation on the output layer
+        encoder, decoder = conv_networks(channels, _ENCODER_CHANNELS[glimpse], latent_dim - WHERE_DIMS)
         # The encoder, the GaussianLatent head and the decoder work on the what-dimensions only.
-        super().__init__(nn.Sequential(*encoder), nn.Sequential(*decoder), latent_dim - WHERE_DIMS,
+        super().__init__(encoder, decoder, latent_dim - WHERE_DIMS,
                          encoder_features=_HIDDEN, likelihood=likelihood, learn_scale=learn_scale)
         self.latent_dim = latent_dim
         # Canvas units to latent units: positions span about [-0.6, 0.6] and log sizes about 0.7 on shapes.
@@ -151,9 +139,7 @@ class GlimpseVAE(VAE):
         self.glimpse = glimpse
 
     def _check_input(self, x: Tensor) -> None:
-        expected = (self.channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x: expected shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_image(x, self.channels, self.image_size)
 
     @property
     def where_scale(self) -> Tensor:
@@ -188,21 +174,9 @@ class GlimpseVAE(VAE):
         logvar_where = self.where_logvar.to(logvar_what.dtype).expand(x.shape[0], WHERE_DIMS)
         return torch.cat([mu_where, mu_what], 1), torch.cat([logvar_where, logvar_what], 1)
 
-    def _render(self, z: Tensor) -> Tensor:
+    def _run_decoder(self, z: Tensor) -> Tensor:
         window = self.decoder(z[:, WHERE_DIMS:])
         grid = _window_grid(self.pose(z[:, :WHERE_DIMS]).float(), self.glimpse, True, self.image_size)
         # Outside the window the border of the drawing (the background) continues.
         image = F.grid_sample(window.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         return image.to(window.dtype)
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Decoder output for ``z`` ``(B, latent_dim)``: logits for ``'bernoulli'``, the mean otherwise."""
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z: expected shape (B, {self.latent_dim}), got {tuple(z.shape)}")
-        return self._render(z)
-
-    def _decode_as(self, z: Tensor, x: Tensor) -> Tensor:
-        recon = self._render(z)
-        if recon.shape != x.shape:
-            raise ValueError(f"decoder output: expected the input's shape {tuple(x.shape)}, got {tuple(recon.shape)}")
-        return recon

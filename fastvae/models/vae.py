@@ -98,9 +98,14 @@ class VAE(nn.Module):
         if x.dim() < 2:
             raise ValueError(f"x: expected shape (B, ...) with a batch dim, got {tuple(x.shape)}")
 
+    def _run_decoder(self, z: Tensor) -> Tensor:
+        """The decoder output for ``z``: ``self.decoder(z)``; a model whose decoding is more than its decoder
+        module overrides this."""
+        return self.decoder(z)
+
     def _decode_as(self, z: Tensor, x: Tensor) -> Tensor:
         """Decoder output for ``z``, shaped like ``x``."""
-        recon = self.decoder(z)
+        recon = self._run_decoder(z)
         if recon.shape != x.shape:
             raise ValueError(
                 f"decoder output: expected the input's shape {tuple(x.shape)}, got {tuple(recon.shape)}"
@@ -135,7 +140,7 @@ class VAE(nn.Module):
         """Decoder output for ``z`` ``(B, latent_dim)``: logits for ``'bernoulli'``, the mean otherwise."""
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z: expected shape (B, {self.latent_dim}), got {tuple(z.shape)}")
-        return self.decoder(z)
+        return self._run_decoder(z)
 
     def _latent(self, mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
         """``(z, rate)``: in training z drawn by the fused reparameterize + KL op (one pass, the
